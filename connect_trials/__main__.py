@@ -1,0 +1,5 @@
+import sys
+
+from connect_trials.cli import main
+
+sys.exit(main())

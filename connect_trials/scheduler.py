@@ -1,0 +1,362 @@
+"""The fmin loop: suggest on the client, keep at most ``parallelism`` trial jobs in flight.
+
+Every trial job runs in a thread of its own (Spark Connect tags are thread-local) and posts
+its outcome to one queue. The loop blocks on that queue, so a finished trial frees its
+slot and the next suggestion is submitted at once: no polling. The same wait carries the
+deadline of ``timeout``. Timeout, ``loss_threshold``, ``early_stop_fn`` and Ctrl-C cancel
+running jobs through the fmin's tag, mark unfinished trials CANCEL and keep every
+finished result.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from hyperopt import base, pyll
+from hyperopt.utils import coarse_utcnow
+from pyspark import cloudpickle
+
+from connect_trials import job
+from connect_trials.errors import ClusterUnavailableError
+from connect_trials.tracking import FminTracker
+
+logger = logging.getLogger("connect_trials")
+
+FMIN_CANCELLED_REASON_EARLY_STOPPING = "early stopping condition"
+FMIN_CANCELLED_REASON_TIMEOUT = "fmin run timeout"
+FMIN_CANCELLED_REASON_USER = "fmin run cancelled by user"
+
+# After a cancellation, how long the loop waits for interrupted jobs to report back
+# (interruptTag makes a blocked collect() raise within about 0.2 s).
+_CANCEL_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class SearchLimits:
+    max_evals: int
+    timeout: float | None = None
+    loss_threshold: float | None = None
+    early_stop_fn: Callable[..., Any] | None = None
+    max_queue_len: int = 1
+
+
+class TrialScheduler:
+    """Runs one fmin's trials on a :class:`job.TrialExecutor`."""
+
+    def __init__(
+        self,
+        trials: Any,
+        domain: base.Domain,
+        algo: Callable[..., Any],
+        rstate: Any,
+        executor: job.TrialExecutor,
+        parallelism: int,
+        limits: SearchLimits,
+        objective_blob: bytes,
+        tracker: FminTracker,
+        progress: Any,
+    ) -> None:
+        self.trials = trials
+        self.domain = domain
+        self.algo = algo
+        self.rstate = rstate
+        self.executor = executor
+        self.parallelism = parallelism
+        self.limits = limits
+        self.objective_blob = objective_blob
+        self.tracker = tracker
+        self.progress = progress
+        self._completions: queue.Queue[job.TrialOutcome] = queue.Queue()
+        self._pending: list[dict[str, Any]] = []  # suggested, not yet submitted
+        self._running: dict[int, dict[str, Any]] = {}
+        self._threads: list[threading.Thread] = []
+        self._n_suggested = 0
+        self._exhausted = False
+        self._early_stop_args: list[Any] = []
+        self._cancelled_at = math.inf
+        self.best_loss = math.inf
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        deadline = None if self.limits.timeout is None else time.monotonic() + self.limits.timeout
+        try:
+            while True:
+                self._fill_slots()
+                if not self._running:
+                    break
+                try:
+                    outcome = self._completions.get(timeout=_remaining(deadline))
+                except queue.Empty:
+                    self._cancel(FMIN_CANCELLED_REASON_TIMEOUT)
+                    break
+                if self._handle(outcome):
+                    break
+        except KeyboardInterrupt:
+            self._cancel(FMIN_CANCELLED_REASON_USER)
+            raise
+        except ClusterUnavailableError:
+            self._abandon_running()
+            raise
+        finally:
+            self._settle_cancelled()
+
+    def _fill_slots(self) -> None:
+        if self.trials._fmin_cancelled:
+            return
+        while len(self._running) < self.parallelism:
+            if not self._pending and not self._suggest():
+                return
+            self._submit(self._pending.pop(0))
+
+    def _suggest(self) -> bool:
+        """Ask the algorithm for the next trials; False when there will be no more."""
+        remaining = self.limits.max_evals - self._n_suggested
+        if remaining <= 0 or self._exhausted:
+            return False
+        n = min(max(self.limits.max_queue_len, 1), remaining)
+        new_ids = self.trials.new_trial_ids(n)
+        self.trials.refresh()
+        docs = self.algo(new_ids, self.domain, self.trials, self.rstate.integers(2**31 - 1))
+        if not docs:
+            self._exhausted = True
+            return False
+        self.trials.insert_trial_docs(docs)
+        self.trials.refresh()
+        # insert_trial_docs stores copies: work on the stored documents.
+        self._pending.extend(self.trials._dynamic_trials[-len(docs) :])
+        self._n_suggested += len(docs)
+        return True
+
+    def _submit(self, trial: dict[str, Any]) -> None:
+        tid = trial["tid"]
+        now = coarse_utcnow()
+        trial["state"] = base.JOB_STATE_RUNNING
+        trial["book_time"] = now
+        trial["refresh_time"] = now
+        logger.debug("trial task %s started", tid)
+        try:
+            argument = self._argument_of(trial)
+            argument_blob = cloudpickle.dumps(argument)
+        except Exception as exc:  # noqa: BLE001 - a bad point fails its trial, not the search
+            self._finish_error(trial, str(type(exc)), traceback.format_exc())
+            return
+        environ = self.tracker.trial_started(trial, argument)
+        request = job.TrialRequest(tid, self.objective_blob, argument_blob, environ)
+        self._running[tid] = trial
+        thread = threading.Thread(
+            target=self._run_in_thread, args=(request,), name=f"connect-trials-trial-{tid}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def _argument_of(self, trial: dict[str, Any]) -> Any:
+        """The value the objective receives, resolved here so workers need no hyperopt."""
+        spec = base.spec_from_misc(trial["misc"])
+        memo = self.domain.memo_from_config(spec)
+        return pyll.rec_eval(self.domain.expr, memo=memo, print_node_on_error=False)
+
+    def _run_in_thread(self, request: job.TrialRequest) -> None:
+        try:
+            outcome = self.executor.run_trial(request)
+        except BaseException as exc:  # noqa: BLE001 - the loop must always hear back
+            outcome = job.TrialOutcome(request.tid, job.FAILED, error_type=str(type(exc)), error_text=repr(exc))
+        self._completions.put(outcome)
+
+    # -- outcomes ---------------------------------------------------------------------------
+    def _handle(self, outcome: job.TrialOutcome) -> bool:
+        """Record one outcome; True when the search must stop."""
+        trial = self._running.pop(outcome.tid)
+        if outcome.kind == job.UNAVAILABLE:
+            self._finish_cancelled(trial, outcome)
+            raise ClusterUnavailableError(
+                "the Spark Connect server stopped answering during fmin "
+                f"(trial {outcome.tid}); every finished trial is kept in the trials object. "
+                f"Last error: {_last_line(outcome.error_text)}"
+            )
+        if outcome.kind == job.CANCELLED:
+            self._finish_cancelled(trial, outcome)
+        elif outcome.kind == job.RETURNED:
+            try:
+                result = _validated_result(outcome.value)
+            except Exception as exc:  # noqa: BLE001 - hyperopt's own rules for results
+                self._finish_error(trial, str(type(exc)), traceback.format_exc(), outcome)
+            else:
+                self._finish_done(trial, result, outcome)
+        else:
+            self._finish_error(trial, outcome.error_type or "", outcome.error_text or "", outcome)
+        return self._should_stop()
+
+    def _handle_late(self, outcome: job.TrialOutcome) -> None:
+        trial = self._running.pop(outcome.tid)
+        try:
+            result = _validated_result(outcome.value)
+        except Exception:  # noqa: BLE001
+            self._finish_cancelled(trial, outcome)
+        else:
+            self._finish_done(trial, result, outcome)
+
+    def _finish_done(self, trial: dict[str, Any], result: dict[str, Any], outcome: job.TrialOutcome) -> None:
+        tid = trial["tid"]
+        logger.debug("trial task %s succeeded, result is %s", tid, result)
+        trial["state"] = base.JOB_STATE_DONE
+        trial["result"] = result
+        _stamp(trial, outcome)
+        self.trials.refresh()
+        logger.debug("trial %s task thread exits normally and writes results back correctly.", tid)
+        loss = result.get("loss")
+        if result.get("status") == base.STATUS_OK and loss is not None and not math.isnan(loss):
+            if loss < self.best_loss:
+                self.best_loss = loss
+                self.progress.postfix = f"best loss: {loss}"
+        self.progress.update(1)
+        self.tracker.trial_finished(trial, self.best_loss)
+
+    def _finish_error(
+        self, trial: dict[str, Any], error_type: str, error_text: str, outcome: job.TrialOutcome | None = None
+    ) -> None:
+        tid = trial["tid"]
+        logger.error("trial task %s failed, exception is %s.\n %s", tid, error_type, error_text)
+        trial["state"] = base.JOB_STATE_ERROR
+        trial["misc"]["error"] = (error_type, error_text)
+        _stamp(trial, outcome)
+        self.trials.refresh()
+        logger.debug("trial %s task thread catches an exception and writes the info back correctly.", tid)
+        self.progress.update(1)
+        self.tracker.trial_finished(trial, self.best_loss)
+
+    def _finish_cancelled(self, trial: dict[str, Any], outcome: job.TrialOutcome) -> None:
+        tid = trial["tid"]
+        logger.debug("trial task %s cancelled, exception is %s", tid, _last_line(outcome.error_text))
+        trial["state"] = base.JOB_STATE_CANCEL
+        trial["misc"]["error"] = (outcome.error_type or "", outcome.error_text or "")
+        _stamp(trial, outcome)
+        logger.debug("trial %s task thread catches an exception and writes the info back correctly.", tid)
+        self.tracker.trial_finished(trial, self.best_loss)
+
+    def _should_stop(self) -> bool:
+        threshold = self.limits.loss_threshold
+        if threshold is not None and self.best_loss < threshold:
+            logger.info("fmin reached the loss threshold (%s < %s).", self.best_loss, threshold)
+            self._cancel(FMIN_CANCELLED_REASON_EARLY_STOPPING)
+            return True
+        if self.limits.early_stop_fn is not None:
+            stop, args = self.limits.early_stop_fn(self.trials, *self._early_stop_args)
+            self._early_stop_args = list(args)
+            if stop:
+                self._cancel(FMIN_CANCELLED_REASON_EARLY_STOPPING)
+                return True
+        return False
+
+    # -- cancellation ----------------------------------------------------------------------
+    def _cancel(self, reason: str) -> None:
+        trials = self.trials
+        if trials._fmin_cancelled:
+            return
+        trials._fmin_cancelled = True
+        trials._fmin_cancelled_reason = reason
+        self._cancelled_at = time.time()
+        logger.warning("fmin cancelled because of %s", reason)
+        if self._running:
+            logger.debug("Cancelling all running jobs of this fmin")
+            _call_bounded(self.executor.cancel_all, 2.0)
+        now = coarse_utcnow()
+        for trial in list(self._running.values()) + self._pending:
+            trial["state"] = base.JOB_STATE_CANCEL
+            trial["refresh_time"] = now
+        self._pending.clear()
+        logger.warning("fmin is cancelled, so new trials will not be launched.")
+
+    def _settle_cancelled(self) -> None:
+        """Wait (bounded) for interrupted jobs to report, so their errors are recorded."""
+        deadline = time.monotonic() + _CANCEL_GRACE_S
+        while self._running and time.monotonic() < deadline:
+            try:
+                outcome = self._completions.get(timeout=_remaining(deadline))
+            except queue.Empty:
+                break
+            trial = self._running.pop(outcome.tid, None)
+            if trial is None:
+                continue
+            finished_in_time = outcome.finished_at is not None and outcome.finished_at <= self._cancelled_at
+            if outcome.kind == job.RETURNED and finished_in_time:
+                # It finished before the cancellation and only reported after: keep it.
+                self._running[outcome.tid] = trial
+                self._handle_late(outcome)
+            else:
+                self._finish_cancelled(trial, outcome)
+        for trial in self._running.values():
+            logger.debug("trial task %s cancelled, its job did not report back in time", trial["tid"])
+            trial["state"] = base.JOB_STATE_CANCEL
+            self.tracker.trial_finished(trial, self.best_loss)
+        self._running.clear()
+        for trial in self._pending:
+            trial["state"] = base.JOB_STATE_CANCEL
+        self._pending.clear()
+        self.trials.refresh()
+
+    def _abandon_running(self) -> None:
+        for trial in list(self._running.values()) + self._pending:
+            trial["state"] = base.JOB_STATE_CANCEL
+            trial["refresh_time"] = coarse_utcnow()
+        _call_bounded(self.executor.cancel_all, 2.0)
+
+
+def _validated_result(value: Any) -> dict[str, Any]:
+    """hyperopt's rules for what an objective may return (``Domain.evaluate``)."""
+    import numbers
+
+    from hyperopt.exceptions import InvalidLoss, InvalidResultStatus
+
+    if isinstance(value, numbers.Number) and not isinstance(value, complex):
+        return {"loss": float(value), "status": base.STATUS_OK}  # type: ignore[arg-type]
+    result = dict(value)
+    if result.get("status") not in base.STATUS_STRINGS:
+        raise InvalidResultStatus(result)
+    if result["status"] == base.STATUS_OK:
+        try:
+            result["loss"] = float(result["loss"])
+        except (TypeError, KeyError) as exc:
+            raise InvalidLoss(result) from exc
+    return result
+
+
+def _stamp(trial: dict[str, Any], outcome: job.TrialOutcome | None) -> None:
+    trial["refresh_time"] = coarse_utcnow()
+    if outcome is not None and outcome.started_at is not None:
+        trial["misc"]["connect_trials"] = {
+            "started_at": outcome.started_at,
+            "finished_at": outcome.finished_at,
+        }
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return max(deadline - time.monotonic(), 0.0)
+
+
+def _last_line(text: str | None) -> str:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _call_bounded(fn: Callable[[], Any], seconds: float) -> None:
+    """Call ``fn`` in a helper thread and give up waiting after ``seconds``: a dead server
+    must not hold up the cancellation of an fmin."""
+
+    def call() -> None:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("cancelling jobs failed: %s", exc)
+
+    helper = threading.Thread(target=call, name="connect-trials-cancel", daemon=True)
+    helper.start()
+    helper.join(seconds)

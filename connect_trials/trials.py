@@ -1,0 +1,371 @@
+"""``ConnectTrials``: hyperopt's ``SparkTrials`` over the Spark Connect client.
+
+    from hyperopt import fmin, hp, tpe
+    from connect_trials import ConnectTrials
+
+    trials = ConnectTrials(parallelism=4, timeout=600)
+    best = fmin(objective, hp.uniform("x", -5, 5), algo=tpe.suggest, max_evals=100,
+                trials=trials)
+
+Same surface and semantics as hyperopt 0.3.0's ``SparkTrials``; the session may be a Spark
+Connect session (``sc://`` URL, ``SPARK_REMOTE``) or a classic one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import os
+import sys
+import uuid
+from typing import Any, Callable
+
+import numpy as np
+from hyperopt import base, progress, tpe
+from hyperopt.base import Trials
+from pyspark import cloudpickle
+
+from connect_trials import cluster, job
+from connect_trials.scheduler import (
+    FMIN_CANCELLED_REASON_USER,
+    SearchLimits,
+    TrialScheduler,
+)
+from connect_trials.session import bounded_retries, session_kind
+from connect_trials.tracking import FminTracker
+
+logger = logging.getLogger("connect_trials")
+
+# Parallelism when it is not given and the cluster's task slots cannot be learned.
+FALLBACK_PARALLELISM = 1
+TRACKING_CONF = "spark.databricks.mlflow.trackHyperopt.enabled"
+
+
+class ConnectTrials(Trials):
+    """Trials that run each hyperopt trial as one Spark job through Spark Connect.
+
+    :param parallelism: most trials in flight at once. ``None`` or ``<= 0``: the cluster's
+        task slots when they can be learned over Connect, else ``FALLBACK_PARALLELISM`` (1);
+        both with a warning. Capped at ``MAX_CONCURRENT_JOBS_ALLOWED`` (128).
+    :param timeout: seconds fmin may take; then running trials are cancelled, finished ones
+        kept, and fmin returns the best so far.
+    :param loss_threshold: stop (and cancel running trials) once a trial's loss is below it.
+        The fmin argument of the same name takes precedence.
+    :param spark_session: a Spark Connect or classic ``SparkSession``; by default
+        ``SparkSession.builder.getOrCreate()``, which honours ``SPARK_REMOTE``.
+    :param resource_profile: a ``pyspark.resource.ResourceProfile`` for the trial tasks
+        (stage-level scheduling; ignored with a warning on a local master).
+    :param mlflow_tracking: ``None`` (on unless the Spark conf
+        ``spark.databricks.mlflow.trackHyperopt.enabled`` is ``false``), ``True`` or ``False``.
+    """
+
+    asynchronous = True
+
+    # Hard cap on the number of concurrent hyperopt tasks (Spark jobs) to run. Set at 128.
+    MAX_CONCURRENT_JOBS_ALLOWED = 128
+
+    def __init__(
+        self,
+        parallelism: int | None = None,
+        timeout: float | None = None,
+        loss_threshold: float | None = None,
+        spark_session: Any = None,
+        resource_profile: Any = None,
+        mlflow_tracking: bool | None = None,
+    ) -> None:
+        super().__init__(exp_key=None, refresh=False)
+        _validate_parallelism(parallelism)
+        _validate_timeout(timeout)
+        _validate_loss_threshold(loss_threshold)
+        if mlflow_tracking is not None and not isinstance(mlflow_tracking, bool):
+            raise TypeError(
+                f"mlflow_tracking must be None, True or False, not {mlflow_tracking!r}"
+            )
+        self._spark = _resolve_session(spark_session)
+        self._session_kind = session_kind(self._spark)
+        self._resource_profile = self._accept_resource_profile(resource_profile)
+        if parallelism is None or parallelism <= 0:
+            slots = cluster.task_slots(self._spark)
+            self.parallelism = self._decide_parallelism(parallelism, slots)
+        else:
+            self.parallelism = self._decide_parallelism(parallelism, None)
+        self.user_specified_parallelism = parallelism
+        self.timeout = timeout
+        self.loss_threshold = loss_threshold
+        self.mlflow_tracking = mlflow_tracking
+        self._fmin_cancelled = False
+        self._fmin_cancelled_reason: str | None = None
+        self.refresh()
+
+    def __str__(self) -> str:
+        return f"ConnectTrials(trials={self.trials})"
+
+    @staticmethod
+    def _decide_parallelism(requested_parallelism: int | None, spark_default_parallelism: int | None) -> int:
+        """The parallelism fmin will use; see ``parallelism`` in the class docstring."""
+        if requested_parallelism is None or requested_parallelism <= 0:
+            if spark_default_parallelism is None:
+                parallelism = FALLBACK_PARALLELISM
+                logger.warning(
+                    "Because the requested parallelism was None or a non-positive value, "
+                    f"and the cluster's task slots could not be learned over Spark Connect, "
+                    f"parallelism will be set to ({parallelism}). "
+                    "We recommend setting parallelism explicitly to a positive value because "
+                    "the total of Spark task slots is subject to cluster sizing."
+                )
+            else:
+                parallelism = max(spark_default_parallelism, 1)
+                logger.warning(
+                    "Because the requested parallelism was None or a non-positive value, "
+                    f"parallelism will be set to ({parallelism}), which is Spark's default "
+                    f"parallelism ({spark_default_parallelism}), or 1, whichever is greater. "
+                    "We recommend setting parallelism explicitly to a positive value because "
+                    "the total of Spark task slots is subject to cluster sizing."
+                )
+        else:
+            parallelism = requested_parallelism
+        cap = ConnectTrials.MAX_CONCURRENT_JOBS_ALLOWED
+        if parallelism > cap:
+            logger.warning(
+                f"Parallelism ({parallelism}) is capped at "
+                f"SparkTrials.MAX_CONCURRENT_JOBS_ALLOWED ({cap})."
+            )
+            parallelism = cap
+        return parallelism
+
+    @property
+    def fmin_cancelled_reason(self) -> str | None:
+        return self._fmin_cancelled_reason
+
+    def count_successful_trials(self) -> int:
+        """The number of trials that ran successfully."""
+        return self.count_by_state_unsynced(base.JOB_STATE_DONE)
+
+    def count_failed_trials(self) -> int:
+        """The number of trials whose objective (or job) failed."""
+        return self.count_by_state_unsynced(base.JOB_STATE_ERROR)
+
+    def count_cancelled_trials(self) -> int:
+        """The number of cancelled trials (timeout, early stop, Ctrl-C)."""
+        return self.count_by_state_unsynced(base.JOB_STATE_CANCEL)
+
+    def count_total_trials(self) -> int:
+        """The number of successful, failed and cancelled trials."""
+        return self.count_by_state_unsynced(
+            [base.JOB_STATE_DONE, base.JOB_STATE_ERROR, base.JOB_STATE_CANCEL]
+        )
+
+    def delete_all(self) -> None:
+        """Reset the trials to their initial state."""
+        super().delete_all()
+        self._fmin_cancelled = False
+        self._fmin_cancelled_reason = None
+
+    def trial_attachments(self, trial: Any) -> Any:
+        raise NotImplementedError("ConnectTrials does not support trial attachments.")
+
+    def fmin(  # type: ignore[override]
+        self,
+        fn: Callable[..., Any],
+        space: Any,
+        algo: Callable[..., Any] | None = None,
+        max_evals: int | None = None,
+        timeout: float | None = None,
+        loss_threshold: float | None = None,
+        max_queue_len: int = 1,
+        rstate: np.random.Generator | None = None,
+        verbose: bool = False,
+        pass_expr_memo_ctrl: bool | None = None,
+        catch_eval_exceptions: bool = False,
+        return_argmin: bool = True,
+        show_progressbar: bool | Any = True,
+        early_stop_fn: Callable[..., Any] | None = None,
+        trials_save_file: str = "",
+    ) -> Any:
+        """Called by :func:`hyperopt.fmin`; see it for the arguments."""
+        if pass_expr_memo_ctrl:
+            raise ValueError(
+                "pass_expr_memo_ctrl is not supported by ConnectTrials: the objective runs on a "
+                "Spark worker and receives the resolved point only. Remove pass_expr_memo_ctrl."
+            )
+        if catch_eval_exceptions:
+            raise ValueError(
+                "catch_eval_exceptions is not supported by ConnectTrials: a failing trial is "
+                "always recorded as ERROR and the search goes on. Remove catch_eval_exceptions."
+            )
+        if trials_save_file:
+            logger.warning("ConnectTrials does not support trials_save_file; it is ignored.")
+        if not callable(fn):
+            raise TypeError(f"fn must be a callable objective, not {type(fn).__name__}")
+        if max_evals is None:
+            max_evals = sys.maxsize
+        if isinstance(max_evals, bool) or not isinstance(max_evals, numbers.Integral) or max_evals < 0:
+            raise ValueError(f"max_evals must be a non-negative integer, not {max_evals!r}")
+        if isinstance(max_queue_len, bool) or not isinstance(max_queue_len, numbers.Integral) or max_queue_len < 1:
+            raise ValueError(f"max_queue_len must be a positive integer, not {max_queue_len!r}")
+        if timeout is not None:
+            if self.timeout is not None:
+                logger.warning("Timeout param was defined in Trials object, ignoring fmin definition")
+            else:
+                _validate_timeout(timeout)
+                self.timeout = timeout
+        if loss_threshold is not None:
+            _validate_loss_threshold(loss_threshold)
+        else:
+            loss_threshold = self.loss_threshold
+        if algo is None:
+            algo = tpe.suggest
+            logger.warning("TPE is being used as the default algorithm.")
+        if rstate is None:
+            seed = os.environ.get("HYPEROPT_FMIN_SEED", "")
+            rstate = np.random.default_rng(int(seed)) if seed else np.random.default_rng()
+        if self.parallelism > max_evals:
+            logger.warning(
+                f"parallelism ({self.parallelism}) is greater than max_evals ({max_evals}): "
+                f"at most {max_evals} trials will run at once."
+            )
+
+        objective_blob = job.pickle_objective(fn)
+        domain = base.Domain(fn, space, pass_expr_memo_ctrl=None)
+        limits = SearchLimits(
+            max_evals=int(max_evals),
+            timeout=self.timeout,
+            loss_threshold=loss_threshold,
+            early_stop_fn=early_stop_fn,
+            max_queue_len=int(max_queue_len),
+        )
+        fmin_id = uuid.uuid4().hex
+        executor = job.SparkJobExecutor(self._spark, fmin_id, self._resource_profile)
+        progress_callback = _progress_callback(show_progressbar, verbose)
+        try:
+            with bounded_retries(self._spark), progress_callback(
+                initial=0, total=int(max_evals) if max_evals != sys.maxsize else None
+            ) as progress_ctx:
+                scheduler = TrialScheduler(
+                    trials=self,
+                    domain=domain,
+                    algo=algo,
+                    rstate=rstate,
+                    executor=executor,
+                    parallelism=self.parallelism,
+                    limits=limits,
+                    objective_blob=objective_blob,
+                    tracker=FminTracker(),
+                    progress=progress_ctx,
+                )
+                scheduler.run()
+        except KeyboardInterrupt:
+            self._fmin_cancelled = True
+            self._fmin_cancelled_reason = FMIN_CANCELLED_REASON_USER
+            logger.debug("fmin thread terminated by user.")
+            raise
+        except BaseException:
+            logger.debug("fmin thread exits with an exception raised.")
+            raise
+        else:
+            logger.debug("fmin thread exits normally.")
+        finally:
+            logger.info(
+                f"Total Trials: {self.count_total_trials()}: {self.count_successful_trials()} "
+                f"succeeded, {self.count_failed_trials()} failed, "
+                f"{self.count_cancelled_trials()} cancelled."
+            )
+        self.refresh()
+        return _fmin_return_value(self, space, return_argmin)
+
+    def _accept_resource_profile(self, resource_profile: Any) -> Any:
+        if resource_profile is None:
+            return None
+        from pyspark.resource import ResourceProfile
+
+        if not isinstance(resource_profile, ResourceProfile):
+            raise TypeError(
+                "resource_profile must be a pyspark.resource.ResourceProfile (built with "
+                f"ResourceProfileBuilder), not {type(resource_profile).__name__}"
+            )
+        master = cluster.spark_conf(self._spark, "spark.master") or ""
+        if master.startswith("local"):
+            logger.warning(
+                "ConnectTrials was constructed with a ResourceProfile, but the cluster's master "
+                f"({master}) does not support stage-level scheduling; it is ignored."
+            )
+            return None
+        return resource_profile
+
+
+def _fmin_return_value(trials: ConnectTrials, space: Any, return_argmin: bool) -> Any:
+    """What hyperopt.fmin returns for these trials."""
+    if return_argmin:
+        if len(trials.trials) == 0:
+            raise Exception("There are no evaluation tasks, cannot return argmin of task losses.")
+        return trials.argmin
+    if len(trials) > 0:
+        from hyperopt import space_eval
+
+        return space_eval(space, trials.argmin)
+    return None
+
+
+def _progress_callback(show_progressbar: Any, verbose: bool) -> Any:
+    if not show_progressbar or not verbose:
+        return progress.no_progress_callback
+    if show_progressbar is True:
+        return progress.default_callback
+    return show_progressbar
+
+
+def _resolve_session(spark_session: Any) -> Any:
+    if spark_session is None:
+        from pyspark.sql import SparkSession
+
+        spark_session = SparkSession.builder.getOrCreate()
+    if session_kind(spark_session) is None:
+        raise TypeError(
+            "spark_session must be a pyspark SparkSession (Spark Connect or classic), not "
+            f"{type(spark_session).__module__}.{type(spark_session).__name__}; pass "
+            "SparkSession.builder.remote('sc://host:15002').getOrCreate() or leave it None"
+        )
+    return spark_session
+
+
+def _validate_parallelism(parallelism: Any) -> None:
+    if parallelism is None:
+        return
+    if isinstance(parallelism, bool) or not isinstance(parallelism, numbers.Integral):
+        raise TypeError(
+            f"parallelism must be None or an integer, not {parallelism!r}; "
+            "e.g. ConnectTrials(parallelism=4)"
+        )
+
+
+def _validate_timeout(timeout: Any) -> None:
+    if timeout is None:
+        return
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, numbers.Real)
+        or not math.isfinite(float(timeout))
+        or timeout <= 0
+    ):
+        raise ValueError(
+            "The timeout argument should be None or a positive value. "
+            f"Given value: {timeout}. Pass seconds as a positive number, or None for no timeout."
+        )
+
+
+def _validate_loss_threshold(loss_threshold: Any) -> None:
+    if loss_threshold is None:
+        return
+    if (
+        isinstance(loss_threshold, bool)
+        or not isinstance(loss_threshold, numbers.Real)
+        or math.isnan(float(loss_threshold))
+    ):
+        raise ValueError(
+            "The loss_threshold argument should be None or a numeric value. "
+            f"Given value: {loss_threshold}"
+        )
+
+
+__all__ = ["ConnectTrials", "FALLBACK_PARALLELISM"]
