@@ -1,9 +1,9 @@
 """``connect-trials``: the embedded server and the demo from the command line.
 
-    connect-trials server start [--port N] [--master local[*]] [--state-dir DIR]
-    connect-trials server status
-    connect-trials server stop
-    connect-trials demo [--max-evals N] [--parallelism N]
+connect-trials server start [--port N] [--master local[*]] [--state-dir DIR]
+connect-trials server status
+connect-trials server stop
+connect-trials demo [--max-evals N] [--parallelism N]
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="connect-trials", description="connect-trials: hyperopt over Spark Connect")
+    parser = argparse.ArgumentParser(
+        prog="connect-trials", description="connect-trials: hyperopt over Spark Connect"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     srv = commands.add_parser("server", help="the embedded local Spark Connect server")

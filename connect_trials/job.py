@@ -83,8 +83,7 @@ class _ObjectivePickler(cloudpickle.CloudPickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, _DRIVER_ONLY_TYPES):
             raise TypeError(
-                f"it captures a {type(obj).__module__}.{type(obj).__name__}, which exists only "
-                "on the client"
+                f"it captures a {type(obj).__module__}.{type(obj).__name__}, which exists only on the client"
             )
         return super().reducer_override(obj)
 

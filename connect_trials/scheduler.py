@@ -16,8 +16,9 @@ import queue
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from hyperopt import base, pyll
 from hyperopt.utils import coarse_utcnow
@@ -166,7 +167,9 @@ class TrialScheduler:
         try:
             outcome = self.executor.run_trial(request)
         except BaseException as exc:  # noqa: BLE001 - the loop must always hear back
-            outcome = job.TrialOutcome(request.tid, job.FAILED, error_type=str(type(exc)), error_text=repr(exc))
+            outcome = job.TrialOutcome(
+                request.tid, job.FAILED, error_type=str(type(exc)), error_text=repr(exc)
+            )
         self._completions.put(outcome)
 
     # -- outcomes ---------------------------------------------------------------------------

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 CONNECT = "connect"
 CLASSIC = "classic"
 
 # A server that stops answering fails the fmin within seconds instead of the ~10 minutes
 # of the default policy: 5 retries, 0.1 s doubling to at most 1 s (about 2.5 s in all).
-BOUNDED_RETRY = {"max_retries": 5, "initial_backoff": 100, "backoff_multiplier": 2.0, "max_backoff": 1000}
+_RETRIES, _INITIAL_BACKOFF_MS, _MAX_BACKOFF_MS = 5, 100, 1000
 
 
 def session_kind(spark: Any) -> str | None:
@@ -39,7 +40,17 @@ def bounded_retries(spark: Any) -> Iterator[None]:
 
     client = spark.client
     saved = client.get_retry_policies()
-    client.set_retry_policies([DefaultPolicy(jitter=0, **BOUNDED_RETRY)])
+    client.set_retry_policies(
+        [
+            DefaultPolicy(
+                max_retries=_RETRIES,
+                initial_backoff=_INITIAL_BACKOFF_MS,
+                backoff_multiplier=2.0,
+                max_backoff=_MAX_BACKOFF_MS,
+                jitter=0,
+            )
+        ]
+    )
     try:
         yield
     finally:

@@ -19,12 +19,12 @@ import numbers
 import os
 import sys
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from hyperopt import base, progress, tpe
 from hyperopt.base import Trials
-from pyspark import cloudpickle
 
 from connect_trials import cluster, job
 from connect_trials.scheduler import (
@@ -33,7 +33,7 @@ from connect_trials.scheduler import (
     TrialScheduler,
 )
 from connect_trials.session import bounded_retries, session_kind
-from connect_trials.tracking import FminTracker
+from connect_trials.tracking import FminSettings, create_tracker
 
 logger = logging.getLogger("connect_trials")
 
@@ -79,9 +79,7 @@ class ConnectTrials(Trials):
         _validate_timeout(timeout)
         _validate_loss_threshold(loss_threshold)
         if mlflow_tracking is not None and not isinstance(mlflow_tracking, bool):
-            raise TypeError(
-                f"mlflow_tracking must be None, True or False, not {mlflow_tracking!r}"
-            )
+            raise TypeError(f"mlflow_tracking must be None, True or False, not {mlflow_tracking!r}")
         self._spark = _resolve_session(spark_session)
         self._session_kind = session_kind(self._spark)
         self._resource_profile = self._accept_resource_profile(resource_profile)
@@ -128,8 +126,7 @@ class ConnectTrials(Trials):
         cap = ConnectTrials.MAX_CONCURRENT_JOBS_ALLOWED
         if parallelism > cap:
             logger.warning(
-                f"Parallelism ({parallelism}) is capped at "
-                f"SparkTrials.MAX_CONCURRENT_JOBS_ALLOWED ({cap})."
+                f"Parallelism ({parallelism}) is capped at SparkTrials.MAX_CONCURRENT_JOBS_ALLOWED ({cap})."
             )
             parallelism = cap
         return parallelism
@@ -202,7 +199,11 @@ class ConnectTrials(Trials):
             max_evals = sys.maxsize
         if isinstance(max_evals, bool) or not isinstance(max_evals, numbers.Integral) or max_evals < 0:
             raise ValueError(f"max_evals must be a non-negative integer, not {max_evals!r}")
-        if isinstance(max_queue_len, bool) or not isinstance(max_queue_len, numbers.Integral) or max_queue_len < 1:
+        if (
+            isinstance(max_queue_len, bool)
+            or not isinstance(max_queue_len, numbers.Integral)
+            or max_queue_len < 1
+        ):
             raise ValueError(f"max_queue_len must be a positive integer, not {max_queue_len!r}")
         if timeout is not None:
             if self.timeout is not None:
@@ -238,10 +239,27 @@ class ConnectTrials(Trials):
         fmin_id = uuid.uuid4().hex
         executor = job.SparkJobExecutor(self._spark, fmin_id, self._resource_profile)
         progress_callback = _progress_callback(show_progressbar, verbose)
+        tracker = create_tracker(self._spark, self.mlflow_tracking)
+        tracker.fmin_started(
+            FminSettings(
+                fmin_id=fmin_id,
+                max_evals=int(max_evals),
+                parallelism=self.parallelism,
+                user_specified_parallelism=self.user_specified_parallelism,
+                timeout=self.timeout,
+                algo=algo,
+                max_queue_len=int(max_queue_len),
+                space=space,
+            )
+        )
+        error: BaseException | None = None
         try:
-            with bounded_retries(self._spark), progress_callback(
-                initial=0, total=int(max_evals) if max_evals != sys.maxsize else None
-            ) as progress_ctx:
+            with (
+                bounded_retries(self._spark),
+                progress_callback(
+                    initial=0, total=int(max_evals) if max_evals != sys.maxsize else None
+                ) as progress_ctx,
+            ):
                 scheduler = TrialScheduler(
                     trials=self,
                     domain=domain,
@@ -251,21 +269,24 @@ class ConnectTrials(Trials):
                     parallelism=self.parallelism,
                     limits=limits,
                     objective_blob=objective_blob,
-                    tracker=FminTracker(),
+                    tracker=tracker,
                     progress=progress_ctx,
                 )
                 scheduler.run()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            error = exc
             self._fmin_cancelled = True
             self._fmin_cancelled_reason = FMIN_CANCELLED_REASON_USER
             logger.debug("fmin thread terminated by user.")
             raise
-        except BaseException:
+        except BaseException as exc:
+            error = exc
             logger.debug("fmin thread exits with an exception raised.")
             raise
         else:
             logger.debug("fmin thread exits normally.")
         finally:
+            tracker.fmin_finished(self, error)
             logger.info(
                 f"Total Trials: {self.count_total_trials()}: {self.count_successful_trials()} "
                 f"succeeded, {self.count_failed_trials()} failed, "
@@ -334,8 +355,7 @@ def _validate_parallelism(parallelism: Any) -> None:
         return
     if isinstance(parallelism, bool) or not isinstance(parallelism, numbers.Integral):
         raise TypeError(
-            f"parallelism must be None or an integer, not {parallelism!r}; "
-            "e.g. ConnectTrials(parallelism=4)"
+            f"parallelism must be None or an integer, not {parallelism!r}; e.g. ConnectTrials(parallelism=4)"
         )
 
 
@@ -363,8 +383,7 @@ def _validate_loss_threshold(loss_threshold: Any) -> None:
         or math.isnan(float(loss_threshold))
     ):
         raise ValueError(
-            "The loss_threshold argument should be None or a numeric value. "
-            f"Given value: {loss_threshold}"
+            f"The loss_threshold argument should be None or a numeric value. Given value: {loss_threshold}"
         )
 
 

@@ -23,7 +23,8 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 # Column order of the one row a trial task yields; ``job.py`` decodes it.
 RESULT_SCHEMA = (
