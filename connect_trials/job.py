@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import pickle
+import sys
+import sysconfig
 import threading
+import types
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -105,9 +109,27 @@ def _driver_only_types() -> tuple[type, ...]:
 _DRIVER_ONLY_TYPES = _driver_only_types()
 
 
+def _local_module(fn: Any) -> types.ModuleType | None:
+    """The objective's module if it lives in the user's project rather than in an installed
+    package: the cluster cannot import it, so its code must travel by value."""
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    path = getattr(module, "__file__", None)
+    if module is None or path is None or module.__name__ == "__main__":
+        return None
+    installed = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    resolved = os.path.realpath(path)
+    if any(resolved.startswith(os.path.realpath(root) + os.sep) for root in installed):
+        return None
+    return module
+
+
 def pickle_objective(fn: Any) -> bytes:
     """The objective as bytes for the workers, or a clear error before any job runs."""
     buffer = io.BytesIO()
+    module = _local_module(fn)
+    registered = module is not None and module.__name__ not in cloudpickle.list_registry_pickle_by_value()
+    if registered:
+        cloudpickle.register_pickle_by_value(module)
     try:
         _ObjectivePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(fn)
     except Exception as exc:
@@ -116,6 +138,9 @@ def pickle_objective(fn: Any) -> bytes:
             "not capture what lives only in this process, such as a lock, an open connection, "
             "a SparkSession or a DataFrame; create such objects inside the objective instead."
         ) from exc
+    finally:
+        if registered:
+            cloudpickle.unregister_pickle_by_value(module)
     return buffer.getvalue()
 
 

@@ -37,6 +37,7 @@ FMIN_CANCELLED_REASON_USER = "fmin run cancelled by user"
 # After a cancellation, how long the loop waits for interrupted jobs to report back
 # (interruptTag makes a blocked collect() raise within about 0.2 s).
 _CANCEL_GRACE_S = 5.0
+_SIGNAL_SLICE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ class TrialScheduler:
         self._running: dict[int, dict[str, Any]] = {}
         self._threads: list[threading.Thread] = []
         self._n_suggested = 0
+        # As in hyperopt, max_evals counts the valid trials already in the trials object.
+        trials.refresh()
+        self._n_to_run = limits.max_evals - len(trials.trials)
         self._exhausted = False
         self._early_stop_args: list[Any] = []
         self._cancelled_at = math.inf
@@ -92,9 +96,8 @@ class TrialScheduler:
                 self._fill_slots()
                 if not self._running:
                     break
-                try:
-                    outcome = self._completions.get(timeout=_remaining(deadline))
-                except queue.Empty:
+                outcome = self._next_outcome(deadline)
+                if outcome is None:
                     self._cancel(FMIN_CANCELLED_REASON_TIMEOUT)
                     break
                 if self._handle(outcome):
@@ -108,6 +111,21 @@ class TrialScheduler:
         finally:
             self._settle_cancelled()
 
+    def _next_outcome(self, deadline: float | None) -> job.TrialOutcome | None:
+        """The next finished trial, or None at the deadline. Returns the moment one arrives;
+        the wait is cut into slices only so that a Ctrl-C reaches the main thread even when
+        the signal lands on another thread."""
+        while True:
+            remaining = _remaining(deadline)
+            if remaining == 0.0:
+                return None
+            try:
+                return self._completions.get(
+                    timeout=_SIGNAL_SLICE_S if remaining is None else min(remaining, _SIGNAL_SLICE_S)
+                )
+            except queue.Empty:
+                continue
+
     def _fill_slots(self) -> None:
         if self.trials._fmin_cancelled:
             return
@@ -118,7 +136,7 @@ class TrialScheduler:
 
     def _suggest(self) -> bool:
         """Ask the algorithm for the next trials; False when there will be no more."""
-        remaining = self.limits.max_evals - self._n_suggested
+        remaining = self._n_to_run - self._n_suggested
         if remaining <= 0 or self._exhausted:
             return False
         n = min(max(self.limits.max_queue_len, 1), remaining)

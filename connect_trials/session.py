@@ -6,6 +6,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from connect_trials.errors import ClusterUnavailableError
+
 CONNECT = "connect"
 CLASSIC = "classic"
 
@@ -32,7 +34,10 @@ def session_kind(spark: Any) -> str | None:
 
 @contextlib.contextmanager
 def bounded_retries(spark: Any) -> Iterator[None]:
-    """Within the block, the Connect client gives up on an unreachable server in seconds."""
+    """Within the block, the Connect client gives up on an unreachable server in seconds.
+
+    The client's own policies come back when the block ends, unless it ends because the
+    server is gone."""
     if session_kind(spark) != CONNECT:
         yield
         return
@@ -53,5 +58,11 @@ def bounded_retries(spark: Any) -> Iterator[None]:
     )
     try:
         yield
-    finally:
+    except ClusterUnavailableError:
+        # The server is gone and this session with it (a restarted server answers
+        # NO_ACTIVE_SESSION). Keep the bounded policy so that what still talks to the dead
+        # server, such as pyspark's release of the session at exit, gives up in seconds
+        # instead of hanging the process for ten minutes.
+        raise
+    else:
         client.set_retry_policies(saved)

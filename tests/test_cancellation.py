@@ -1,0 +1,228 @@
+"""Timeout, loss_threshold, early_stop_fn and Ctrl-C: cancel through tags, keep finished trials."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from hyperopt import STATUS_OK, anneal, fmin, hp, rand
+
+from connect_trials import ConnectTrials
+from tests.conftest import captured_log
+
+
+def wait_for_exit(pid: int, seconds: float) -> bool:
+    """True once process ``pid`` has exited (an event: its pidfd turns readable)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], seconds)
+        return bool(readable)
+    finally:
+        os.close(fd)
+
+
+def test_timeout_cancels_the_running_trial_and_leaves_no_job_behind(spark, tmp_path):
+    pid_file = tmp_path / "pid"
+
+    def objective(x: float) -> float:
+        import os
+        import time
+
+        with open(pid_file, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(120)
+        raise Exception("Task should have been cancelled")
+
+    trials = ConnectTrials(parallelism=4, timeout=2, spark_session=spark)
+    started = time.monotonic()
+    with captured_log() as out:
+        fmin(
+            objective,
+            hp.uniform("x", -2, 0),
+            anneal.suggest,
+            1,
+            trials=trials,
+            show_progressbar=False,
+            return_argmin=False,
+            rstate=np.random.default_rng(4),
+        )
+    elapsed = time.monotonic() - started
+    log = out.getvalue()
+    assert trials._fmin_cancelled
+    assert trials.fmin_cancelled_reason == "fmin run timeout"
+    assert trials.count_cancelled_trials() == 1
+    assert "fmin cancelled because of fmin run timeout" in log
+    assert "Cancelling all running jobs" in log
+    assert "trial task 0 cancelled" in log
+    assert "trial 0 task thread catches an exception" in log
+    assert elapsed < 2 + 10, f"fmin took {elapsed:.1f} s to return after a 2 s timeout"
+    # The objective's Python worker is killed by the interruption: nothing runs on.
+    assert wait_for_exit(int(pid_file.read_text()), 30), "the cancelled objective is still running"
+
+
+def test_timeout_keeps_finished_trials_and_cancels_the_rest(spark):
+    def objective(x: float) -> float:
+        import time
+
+        if x < 0:
+            time.sleep(60)
+        else:
+            time.sleep(0.2)
+        return x
+
+    trials = ConnectTrials(parallelism=2, timeout=4, spark_session=spark)
+    fmin(
+        objective,
+        hp.uniform("x", -0.25, 5),
+        anneal.suggest,
+        40,
+        trials=trials,
+        show_progressbar=False,
+        rstate=np.random.default_rng(4),
+    )
+    assert trials.fmin_cancelled_reason == "fmin run timeout"
+    assert trials.count_successful_trials() >= 1
+    assert trials.count_cancelled_trials() >= 1
+    assert all(t["result"]["status"] == STATUS_OK for t in trials.trials)
+    assert trials.count_total_trials() < 40
+
+
+def test_fmin_timeout_argument_cancels_like_the_constructor_one(spark):
+    def objective(x: float) -> float:
+        import time
+
+        time.sleep(0.5)
+        return x
+
+    trials = ConnectTrials(parallelism=1, spark_session=spark)
+    with captured_log() as out:
+        fmin(
+            objective,
+            hp.uniform("x", -1, 1),
+            anneal.suggest,
+            50,
+            timeout=3,
+            trials=trials,
+            show_progressbar=False,
+            return_argmin=False,
+            rstate=np.random.default_rng(99),
+        )
+    assert trials.fmin_cancelled_reason == "fmin run timeout"
+    assert trials.count_successful_trials() > 0
+    assert trials.count_cancelled_trials() > 0
+    assert "fmin is cancelled, so new trials will not be launched" in out.getvalue()
+    assert "trial 0 task thread exits normally" in out.getvalue()
+
+
+def test_early_stop_fn_stops_the_search_and_says_why(spark):
+    def early_stop_fn(trials, *args):
+        ok = sum(1 for t in trials if t["result"]["status"] == STATUS_OK)
+        return ok >= 3, []
+
+    trials = ConnectTrials(parallelism=2, spark_session=spark)
+    with captured_log() as out:
+        fmin(
+            lambda x: {"loss": x, "status": STATUS_OK, "other_info": "hello"},
+            hp.uniform("x", -1, 1),
+            rand.suggest,
+            10,
+            trials=trials,
+            early_stop_fn=early_stop_fn,
+            show_progressbar=False,
+        )
+    log = out.getvalue()
+    assert 3 <= trials.count_successful_trials() < 10
+    assert "fmin thread exits normally" in log
+    assert "fmin cancelled because of early stopping condition" in log
+    assert trials.fmin_cancelled_reason == "early stopping condition"
+
+
+def test_early_stop_fn_receives_its_own_arguments_back(spark):
+    calls: list[int] = []
+
+    def early_stop_fn(trials, count=0):
+        calls.append(count)
+        return count + 1 >= 4, [count + 1]
+
+    trials = ConnectTrials(parallelism=1, spark_session=spark)
+    fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, 10, trials=trials, early_stop_fn=early_stop_fn)
+    assert calls == [0, 1, 2, 3]
+    assert trials.count_successful_trials() == 4
+
+
+@pytest.mark.parametrize("where", ["constructor", "fmin"])
+def test_loss_threshold_stops_once_a_loss_is_below_it(spark, where):
+    def objective(x: float) -> float:
+        return x
+
+    kwargs = {"loss_threshold": 0.5}
+    trials = ConnectTrials(parallelism=1, spark_session=spark, **(kwargs if where == "constructor" else {}))
+    fmin(
+        objective,
+        hp.uniform("x", 0, 1),
+        rand.suggest,
+        200,
+        trials=trials,
+        show_progressbar=False,
+        rstate=np.random.default_rng(5),
+        **(kwargs if where == "fmin" else {}),
+    )
+    losses = [t["result"]["loss"] for t in trials.trials]
+    assert losses[-1] < 0.5
+    assert all(loss >= 0.5 for loss in losses[:-1])
+    assert len(losses) < 200
+    assert trials.fmin_cancelled_reason == "early stopping condition"
+
+
+def test_ctrl_c_cancels_running_trials_and_reraises(spark):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def objective(x: float) -> float:
+        import socket
+        import time
+
+        socket.create_connection(("127.0.0.1", port)).close()  # "I am running"
+        time.sleep(60)
+        return x
+
+    def interrupt_when_both_run() -> None:
+        for _ in range(2):
+            listener.accept()[0].close()
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C
+
+    trials = ConnectTrials(parallelism=2, spark_session=spark)
+    threading.Thread(target=interrupt_when_both_run, daemon=True).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 4, trials=trials, show_progressbar=False)
+    listener.close()
+    assert time.monotonic() - t0 < 30
+    assert trials.fmin_cancelled_reason == "fmin run cancelled by user"
+    assert trials.count_cancelled_trials() == 2
+    assert trials.count_successful_trials() == 0
+
+
+def test_session_stays_usable_after_a_cancelled_fmin(spark):
+    trials = ConnectTrials(parallelism=1, timeout=1, spark_session=spark)
+
+    def slow(x: float) -> float:
+        import time
+
+        time.sleep(30)
+        return x
+
+    fmin(slow, hp.uniform("x", 0, 1), rand.suggest, 2, trials=trials, return_argmin=False)
+    assert trials.count_cancelled_trials() == 1
+    trials = ConnectTrials(parallelism=2, spark_session=spark)
+    fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, 4, trials=trials)
+    assert trials.count_successful_trials() == 4
