@@ -89,3 +89,21 @@ def test_a_server_dying_mid_fmin_fails_fmin_within_seconds_and_keeps_finished_tr
     assert report["successful"] == 3
     assert report["cancelled"] == 1
     assert report["failed_at"] - killed_at < 20, report
+
+
+def test_a_classic_session_is_accepted_too():
+    env = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "integration.classic_session"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**env, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["kind"] == "classic"
+    assert report["parallelism"] == 2  # learned from the local[2] session
+    assert report["successful"] == 8
+    assert report["timeout_cancelled"] == 1
