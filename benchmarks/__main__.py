@@ -1,0 +1,75 @@
+"""The command line: ``python -m benchmarks [--quick] [--systems ...] [--out DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from benchmarks import report
+from benchmarks import workloads as wl
+from benchmarks.suite import run_suite
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="every workload once, small (under 5 minutes)")
+    parser.add_argument(
+        "--systems",
+        help="comma-separated subset of: " + ", ".join(wl.ALL_SYSTEMS),
+    )
+    parser.add_argument(
+        "--workloads", help="comma-separated subset of workload names (overhead, efficiency, ...)"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the JSON and PNG go")
+    parser.add_argument(
+        "--budget-min",
+        type=float,
+        help="past this many minutes, repeats after the first are cut (default: 22, quick: 4)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    plan = wl.quick_plan() if args.quick else wl.full_plan()
+    if args.systems:
+        chosen = {s.strip() for s in args.systems.split(",")}
+        unknown = chosen - set(wl.ALL_SYSTEMS)
+        if unknown:
+            sys.exit(f"unknown systems: {', '.join(sorted(unknown))}; known: {', '.join(wl.ALL_SYSTEMS)}")
+        plan = wl.select_systems(plan, chosen)
+    if args.workloads:
+        names = {n.strip() for n in args.workloads.split(",")}
+        plan = [w for w in plan if w.name in names or w.key in names]
+    if not plan:
+        sys.exit("nothing to run: the filters left no workload")
+    _quiet_libraries()
+    budget_min = args.budget_min if args.budget_min is not None else (4.0 if args.quick else 22.0)
+    suite = run_suite(plan, budget_s=budget_min * 60)
+    suite.meta["mode"] = "quick" if args.quick else "full"
+    cells, checks = report.build(suite)
+    json_paths = report.write_json(report.to_json(suite, cells, checks), args.out)
+    png = report.plot_trials_vs_time(suite, cells, args.out / "trials_vs_time.png")
+    print(report.markdown(suite, cells, checks))
+    print(f"JSON: {', '.join(str(p) for p in json_paths)}\nPNG: {png}")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    warnings.filterwarnings("ignore", message=".*does not yet fully support pandas.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    import mlflow  # noqa: F401 - it configures its loggers when imported: quiet them after that
+
+    for name in ("mlflow", "py4j", "hyperopt", "connect_trials", "optuna", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

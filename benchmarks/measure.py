@@ -1,0 +1,229 @@
+"""How the benchmark measures: one run's record, and the probes that fill it.
+
+Every probe is on the client: wall time, completion times of trials, the search algorithm's
+own suggestion time (the algorithm is wrapped), the client's peak resident memory (sampled),
+and the bytes the client puts on the wire to Spark Connect (a gRPC interceptor that sums the
+serialized size of every request message, so loopback noise from other processes does not
+count).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunResult:
+    """One run of one system on one workload. Times are seconds; ``*_at_s`` are measured
+    from the start of the run."""
+
+    system: str
+    workload: str
+    seed: int
+    wall_s: float
+    n_trials: int = 0
+    n_ok: int = 0
+    best_loss: float | None = None
+    completed_at_s: list[float] = field(default_factory=list)  # sorted, one per finished trial
+    trial_latency_s: list[float] = field(default_factory=list)  # booked -> result back, by trial id
+    suggest_spans_s: list[tuple[float, float]] = field(default_factory=list)
+    peak_rss_mb: float | None = None
+    start_rss_mb: float | None = None
+    bytes_sent: int | None = None
+    bytes_by_method: dict[str, int] = field(default_factory=dict)
+    bytes_note: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def suggest_s(self) -> float:
+        return sum(end - start for start, end in self.suggest_spans_s)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunResult:
+        data = dict(data)
+        data["suggest_spans_s"] = [tuple(span) for span in data.get("suggest_spans_s", [])]
+        return cls(**data)
+
+
+class SuggestTimer:
+    """Wraps a hyperopt ``algo`` and records when each of its calls ran."""
+
+    def __init__(self, algo: Callable[..., Any]) -> None:
+        self.spans: list[tuple[float, float]] = []
+
+        @functools.wraps(algo)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.time()
+            try:
+                return algo(*args, **kwargs)
+            finally:
+                self.spans.append((start, time.time()))
+
+        self.algo = timed
+
+    def spans_from(self, t0: float) -> list[tuple[float, float]]:
+        return [(start - t0, end - t0) for start, end in self.spans]
+
+
+class MemorySampler:
+    """Peak resident memory of this process while the block runs (sampled every 50 ms)."""
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.start_mb = 0.0
+        self.peak_mb = 0.0
+
+    def _rss_mb(self) -> float:
+        return float(self._process.memory_info().rss) / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+    def __enter__(self) -> MemorySampler:
+        self.start_mb = self.peak_mb = self._rss_mb()
+        self._thread = threading.Thread(target=self._sample, name="bench-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+
+def _message_size(message: Any) -> int:
+    size = getattr(message, "ByteSize", None)
+    return int(size()) if size is not None else 0
+
+
+def _grpc_interceptor_bases() -> tuple[type, ...]:
+    import grpc
+
+    return (
+        grpc.UnaryUnaryClientInterceptor,
+        grpc.UnaryStreamClientInterceptor,
+        grpc.StreamUnaryClientInterceptor,
+        grpc.StreamStreamClientInterceptor,
+    )
+
+
+class RequestBytes(*_grpc_interceptor_bases()):  # type: ignore[misc]
+    """A gRPC client interceptor that sums the serialized size of every request message,
+    per RPC method (``ExecutePlan``, ``AddArtifacts``, ...). Install it on the Spark Connect
+    channel with ``DefaultChannelBuilder.add_interceptor``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_method: Counter[str] = Counter()
+
+    def _add(self, method: str, message: Any) -> None:
+        name = method.rsplit("/", 1)[-1]
+        with self._lock:
+            self._by_method[name] += _message_size(message)
+
+    def _counted(self, method: str, messages: Iterator[Any]) -> Iterator[Any]:
+        for message in messages:
+            self._add(method, message)
+            yield message
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self._add(details.method, request)
+        return continuation(details, request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        self._add(details.method, request)
+        return continuation(details, request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return continuation(details, self._counted(details.method, request_iterator))
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return continuation(details, self._counted(details.method, request_iterator))
+
+    def snapshot(self) -> Counter[str]:
+        with self._lock:
+            return Counter(self._by_method)
+
+
+class Probe:
+    """Measures one run: wall clock, memory and request bytes around the block.
+
+    with Probe(request_bytes) as probe:
+        ...run...
+    probe.fill(result)
+    """
+
+    def __init__(self, request_bytes: RequestBytes | None) -> None:
+        self._request_bytes = request_bytes
+        self._memory = MemorySampler()
+        self._bytes_before: Counter[str] = Counter()
+        self.t0 = 0.0
+        self.wall_s = 0.0
+        self.bytes_by_method: dict[str, int] | None = None
+
+    def __enter__(self) -> Probe:
+        if self._request_bytes is not None:
+            self._bytes_before = self._request_bytes.snapshot()
+        self._memory.__enter__()
+        self.t0 = time.time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall_s = time.time() - self.t0
+        self._memory.__exit__(*exc)
+        if self._request_bytes is not None:
+            after = self._request_bytes.snapshot()
+            after.subtract(self._bytes_before)
+            self.bytes_by_method = {k: v for k, v in after.items() if v}
+
+    def fill(self, result: RunResult) -> RunResult:
+        result.wall_s = self.wall_s
+        result.peak_rss_mb = round(self._memory.peak_mb, 1)
+        result.start_rss_mb = round(self._memory.start_mb, 1)
+        if self.bytes_by_method is not None:
+            result.bytes_by_method = self.bytes_by_method
+            result.bytes_sent = sum(self.bytes_by_method.values())
+        return result
+
+
+def utc_seconds(moment: datetime.datetime) -> float:
+    """Epoch seconds of hyperopt's naive-UTC ``book_time`` / ``refresh_time``."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+def fill_from_hyperopt(result: RunResult, trials: Any, t0: float) -> RunResult:
+    """Completion times, latencies and the best loss from a hyperopt ``Trials``."""
+    from hyperopt import STATUS_OK
+
+    finished = [t for t in trials.trials if t.get("refresh_time") is not None and t["state"] >= 2]
+    result.n_trials = len(trials.trials)
+    ok = [t for t in finished if t["result"].get("status") == STATUS_OK]
+    result.n_ok = len(ok)
+    result.completed_at_s = sorted(utc_seconds(t["refresh_time"]) - t0 for t in finished)
+    result.trial_latency_s = [
+        utc_seconds(t["refresh_time"]) - utc_seconds(t["book_time"])
+        for t in sorted(finished, key=lambda t: t["tid"])
+        if t.get("book_time") is not None
+    ]
+    losses = [t["result"]["loss"] for t in ok if t["result"].get("loss") is not None]
+    result.best_loss = min(losses) if losses else None
+    return result

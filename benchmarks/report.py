@@ -1,0 +1,244 @@
+"""What a suite leaves behind: a markdown report, a JSON file and a PNG.
+
+- ``markdown``: the system x workload table (medians, min-max where repeated), the floor,
+  detail tables for scale and payload, the targets with PASS / MISS, and notes (what did not
+  run and why, repeats cut for time).
+- ``write_json``: everything, including every run's raw timings.
+- ``plot_trials_vs_time``: trials completed against wall-clock time, one line per system, for
+  the efficiency and model workloads (the median run of each cell).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import workloads as wl
+from benchmarks.analysis import Cell, Stat, summarize
+from benchmarks.suite import SuiteResult
+from benchmarks.targets import TargetCheck, evaluate
+
+_LEGEND = {
+    "overhead": "wall time per trial (objective returns at once)",
+    "efficiency": "ideal / actual wall time (trials sleep 1 s)",
+    "model": "wall time; best loss (1 - CV accuracy), medians over seeds",
+    "scale": "wall time; client peak RSS; last-50 / first-50 per-trial overhead (suggestion excluded)",
+    "payload": "wall time per trial; bytes the client sent per trial",
+}
+
+
+def build(suite: SuiteResult) -> tuple[dict[tuple[str, str], Cell], list[TargetCheck]]:
+    cells = summarize(suite.plan, suite.runs)
+    return cells, evaluate(cells, suite.floor_latency_s)
+
+
+# -- markdown ----------------------------------------------------------------------------------
+def markdown(suite: SuiteResult, cells: dict[tuple[str, str], Cell], checks: list[TargetCheck]) -> str:
+    keys = [w.key for w in suite.plan]
+    systems = [s for s in wl.ALL_SYSTEMS if any(s in w.systems for w in suite.plan)]
+    lines = [
+        f"## connect-trials benchmark ({suite.meta.get('started', '')}, {suite.meta.get('cpus')} cores, "
+        f"Spark local[2]; {suite.meta.get('duration_s', 0) / 60:.1f} min)",
+        "",
+        "| system | " + " | ".join(_column_title(w) for w in suite.plan) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for system in systems:
+        row = [_cell_text(cells.get((system, key)), suite, system) for key in keys]
+        lines.append(f"| {system} | " + " | ".join(row) + " |")
+    lines += ["", "Columns: " + "; ".join(f"**{w.key}**: {_LEGEND[w.name]}" for w in suite.plan) + "."]
+    if suite.floor_latency_s:
+        floor = Stat.of(suite.floor_latency_s)
+        assert floor is not None
+        lines.append(
+            f"Floor: one trivial single-task `spark.range(0, 1, 1, 1).mapInPandas(...)` job over the same "
+            f"Spark Connect server takes {_range(floor, 's', 3)} (median of {floor.n}, one at a time)."
+        )
+    lines += _scale_details(cells) + _payload_details(suite, cells) + _targets(checks) + _notes(suite)
+    return "\n".join(lines) + "\n"
+
+
+def _column_title(workload: wl.Workload) -> str:
+    size = f"{workload.n_trials} trials, p{workload.parallelism}"
+    repeats = f", x{workload.repeats}" if workload.repeats > 1 else ""
+    return f"{workload.key} ({size}{repeats})"
+
+
+def _range(stat: Stat, unit: str, digits: int) -> str:
+    text = f"{stat.median:.{digits}f} {unit}".rstrip()
+    if stat.n > 1:
+        text += f" ({stat.low:.{digits}f}–{stat.high:.{digits}f})"
+    return text
+
+
+def _cell_text(cell: Cell | None, suite: SuiteResult, system: str) -> str:
+    if cell is None:
+        if system in suite.unavailable:
+            return "unavailable"
+        return "failed" if any(f["system"] == system for f in suite.failures) else "–"
+    name = cell.workload.name
+    stat = cell.stat
+    if name == "overhead":
+        return _range(stat("per_trial_s"), "s/trial", 3)  # type: ignore[arg-type]
+    if name == "efficiency":
+        return _range(stat("efficiency"), "", 2)  # type: ignore[arg-type]
+    if name == "model":
+        loss = stat("best_loss")
+        return _range(stat("wall_s"), "s", 1) + (f"; loss {loss.median:.4f}" if loss else "")  # type: ignore[arg-type]
+    if name == "scale":
+        wall = stat("wall_s")
+        rss = stat("peak_rss_mb")
+        text = f"{wall.median:.0f} s" if wall else "–"
+        if rss:
+            text += f"; {rss.median:.0f} MB"
+        first, last = cell.windows.get("first", {}), cell.windows.get("last", {})
+        if first.get("overhead_per_trial_s", 0) > 0 and "overhead_per_trial_s" in last:
+            text += f"; x{last['overhead_per_trial_s'] / first['overhead_per_trial_s']:.2f}"
+        return text
+    if name == "payload":
+        text = _range(stat("per_trial_s"), "s/trial", 2)  # type: ignore[arg-type]
+        sent = stat("bytes_per_trial")
+        return text + (f"; {_bytes(sent.median)}/trial" if sent else "; bytes n/a")
+    return "?"
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("MB", 2**20), ("KB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _scale_details(cells: dict[tuple[str, str], Cell]) -> list[str]:
+    rows = [c for c in cells.values() if c.workload.name == "scale" and c.windows.get("first")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "### scale: first vs last trials (median run)",
+        "",
+        "| system | wall | suggestion total | peak RSS (growth) "
+        "| first-50: s/trial, suggest, overhead, latency | last-50: s/trial, suggest, overhead, latency |",
+        "|---|---|---|---|---|---|",
+    ]
+    for cell in rows:
+        run = cell.median_run()
+        first, last = cell.windows["first"], cell.windows["last"]
+        suggest = f"{run.suggest_s:.1f} s" if run.suggest_spans_s else "on executors"
+        growth = (run.peak_rss_mb or 0) - (run.start_rss_mb or 0)
+        lines.append(
+            f"| {cell.system} | {run.wall_s:.1f} s | {suggest} | {run.peak_rss_mb:.0f} MB (+{growth:.0f}) "
+            f"| {_window_text(first)} | {_window_text(last)} |"
+        )
+    return lines
+
+
+def _window_text(w: dict[str, float]) -> str:
+    return (
+        f"{w['per_trial_s']:.3f}, {w['suggest_per_trial_s']:.3f}, {w['overhead_per_trial_s']:.3f}, "
+        f"{w['median_latency_s']:.3f}"
+    )
+
+
+def _payload_details(suite: SuiteResult, cells: dict[tuple[str, str], Cell]) -> list[str]:
+    payloads = [w for w in suite.plan if w.name == "payload"]
+    if not payloads:
+        return []
+    lines = ["", "### payload: what each trial costs, by capture size", ""]
+    lines += ["| system | " + " | ".join(w.key for w in payloads) + " | how bytes were counted |"]
+    lines += ["|---|" + "---|" * (len(payloads) + 1)]
+    for system in wl.ALL_SYSTEMS:
+        present = [cells.get((system, w.key)) for w in payloads]
+        if not any(present):
+            continue
+        note = next((c.runs[0].bytes_note for c in present if c is not None), "")
+        texts = [_cell_text(c, suite, system) for c in present]
+        lines.append(f"| {system} | " + " | ".join(texts) + f" | {note} |")
+    return lines
+
+
+def _targets(checks: list[TargetCheck]) -> list[str]:
+    lines = ["", "### targets (connect-trials)", "", "| target | measured | verdict |", "|---|---|---|"]
+    lines += [f"| {c.name}: {c.target} | {c.measured} | {c.verdict} |" for c in checks]
+    return lines
+
+
+def _notes(suite: SuiteResult) -> list[str]:
+    notes = list(suite.notes)
+    notes += [f"{system} did not run: {why}" for system, why in suite.unavailable.items()]
+    notes += [
+        f"{f['system']} on {f['workload']} (seed {f['seed']}) failed: {f['error']}" for f in suite.failures
+    ]
+    if not notes:
+        return []
+    return ["", "### notes", ""] + [f"- {n}" for n in notes]
+
+
+# -- JSON ----------------------------------------------------------------------------------------
+def to_json(
+    suite: SuiteResult, cells: dict[tuple[str, str], Cell], checks: list[TargetCheck]
+) -> dict[str, Any]:
+    return {
+        "meta": suite.meta,
+        "workloads": [w.to_json() for w in suite.plan],
+        "floor_job_latency_s": {
+            "median": statistics.median(suite.floor_latency_s) if suite.floor_latency_s else None,
+            "samples": suite.floor_latency_s,
+        },
+        "cells": [c.to_json() for c in cells.values()],
+        "targets": [c.to_json() for c in checks],
+        "unavailable": suite.unavailable,
+        "failures": suite.failures,
+        "notes": suite.notes,
+        "runs": [r.to_json() for r in suite.runs],
+    }
+
+
+def write_json(data: dict[str, Any], out_dir: Path, timestamped: bool = True) -> list[Path]:
+    """``latest.json`` and, if asked, a copy named after the run's start time."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "latest.json"]
+    if timestamped:
+        paths.append(out_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    text = json.dumps(data, indent=1, default=str) + "\n"
+    for path in paths:
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return paths
+
+
+# -- PNG -----------------------------------------------------------------------------------------
+def plot_trials_vs_time(suite: SuiteResult, cells: dict[tuple[str, str], Cell], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [w for w in suite.plan if w.name in ("efficiency", "model")] or suite.plan[:1]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    for ax, workload in zip(axes[0], panels, strict=True):
+        for system in wl.ALL_SYSTEMS:
+            cell = cells.get((system, workload.key))
+            if cell is None:
+                continue
+            done = cell.median_run().completed_at_s
+            if done:
+                ax.step([0.0, *done], range(len(done) + 1), where="post", label=system)
+        if workload.sleep_s > 0:
+            ideal = workload.ideal_wall_s
+            ax.plot([0, ideal], [0, workload.n_trials], "k--", linewidth=1, label="ideal")
+        ax.set_title(f"{workload.key}: {workload.n_trials} trials, parallelism {workload.parallelism}")
+        ax.set_xlabel("wall-clock time since start (s)")
+        ax.set_ylabel("trials completed")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Trials completed vs wall-clock time (median run per system)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

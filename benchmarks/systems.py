@@ -1,0 +1,402 @@
+"""The systems under comparison: one small runner per system, all with one signature.
+
+    run(workload, seed, env) -> RunResult
+
+``RUNNERS`` maps the names of ``workloads.py`` to runners. The Spark Connect ones share the
+suite's warm session (``env.spark``). hyperopt's ``SparkTrials`` needs a classic JVM session and
+Ray a cluster of its own, which do not mix with a Connect session in one process: their
+runners here hand the run to a child process (``isolated.py``), which calls the ``*_here``
+runner of the same system with an environment of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import objectives
+from benchmarks import workloads as wl
+from benchmarks.measure import Probe, RequestBytes, RunResult, SuggestTimer, fill_from_hyperopt
+from benchmarks.workloads import Workload
+
+# Driver memory of every Spark the suite starts (the Connect server and SparkTrials' classic
+# session). Not Spark's default 1 GB: two jobs in flight whose plans each carry a 50 MB closure
+# ran a 1 GB Connect driver out of heap here (OutOfMemoryError, then a stopped SparkContext).
+DRIVER_MEMORY = "4g"
+
+
+class SystemUnavailableError(RuntimeError):
+    """The system cannot run on this machine (not installed, refuses to start, ...)."""
+
+
+@dataclass
+class BenchEnv:
+    """What runners share: the scratch folder, the warm Spark session, the byte counter."""
+
+    work_dir: Path
+    spark: Any = None
+    request_bytes: RequestBytes | None = None
+    command_bytes: Any = None  # classic sessions: the size of the pickled task commands
+    server_log: Path | None = None
+    children: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tracking_uri(self) -> str:
+        """A sqlite MLflow store under the scratch folder (mlflow 3.17 refuses ``file:``)."""
+        return f"sqlite:///{self.work_dir / 'mlflow.db'}"
+
+    def child(self, system: str) -> Any:
+        """The child process that runs ``system`` (started on first use, kept for the suite)."""
+        if system not in self.children:
+            from benchmarks.isolated import IsolatedSystem
+
+            self.children[system] = IsolatedSystem(system, self.work_dir)
+        return self.children[system]
+
+    def close(self) -> None:
+        for child in self.children.values():
+            child.close()
+        self.children.clear()
+
+
+Runner = Callable[[Workload, int, BenchEnv], RunResult]
+
+
+# -- floor: raw single-task jobs, and hyperopt without distribution ---------------------------
+def run_floor_raw(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
+    """Each trial as a bare ``spark.range(0, 1, 1, 1).mapInPandas(...)`` job, ``parallelism``
+    threads submitting: no search algorithm, no bookkeeping. The fastest any system can be
+    on this server."""
+    task = objectives.raw_job_task(workload.objective(), workload.default_point())
+    result = RunResult(wl.FLOOR_RAW, workload.key, seed, 0.0)
+    completed: list[float] = []
+    latencies: list[float] = []
+    with Probe(env.request_bytes) as probe:
+
+        def one_job(_: int) -> float:
+            start = time.time()
+            rows = env.spark.range(0, 1, 1, 1).mapInPandas(task, "loss double").collect()
+            end = time.time()
+            completed.append(end - probe.t0)
+            latencies.append(end - start)
+            return float(rows[0]["loss"])
+
+        with ThreadPoolExecutor(workload.parallelism, thread_name_prefix="bench-raw") as pool:
+            losses = list(pool.map(one_job, range(workload.n_trials)))
+    probe.fill(result)
+    result.n_trials = result.n_ok = len(losses)
+    result.best_loss = min(losses)
+    result.completed_at_s = sorted(completed)
+    result.trial_latency_s = latencies
+    return result
+
+
+def sequential_job_latency(spark: Any, n_jobs: int) -> list[float]:
+    """Latency of a trivial single-task Python job, one at a time: the floor of a trial."""
+    task = objectives.raw_job_task(objectives.quadratic, {"x": 0.0})
+    latencies = []
+    for _ in range(n_jobs):
+        start = time.time()
+        spark.range(0, 1, 1, 1).mapInPandas(task, "loss double").collect()
+        latencies.append(time.time() - start)
+    return latencies
+
+
+def run_in_process(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
+    """Plain ``hyperopt.Trials``: every trial in this process, one after another."""
+    from hyperopt import Trials, fmin, tpe
+
+    objective = workload.objective()
+    timer = SuggestTimer(tpe.suggest)
+    trials = Trials()
+    result = RunResult(
+        wl.IN_PROCESS, workload.key, seed, 0.0, bytes_sent=0, bytes_note="nothing leaves the process"
+    )
+    with Probe(None) as probe:
+        fmin(
+            objective,
+            workload.hyperopt_space(),
+            algo=timer.algo,
+            max_evals=workload.n_trials,
+            trials=trials,
+            rstate=np.random.default_rng(seed),
+            show_progressbar=False,
+        )
+    probe.fill(result)
+    result.suggest_spans_s = timer.spans_from(probe.t0)
+    return fill_from_hyperopt(result, trials, probe.t0)
+
+
+# -- connect-trials ---------------------------------------------------------------------------
+def run_connect_trials(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
+    return _connect_trials(workload, seed, env, tracking=False)
+
+
+def run_connect_trials_tracked(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
+    return _connect_trials(workload, seed, env, tracking=True)
+
+
+def _connect_trials(workload: Workload, seed: int, env: BenchEnv, tracking: bool) -> RunResult:
+    from hyperopt import fmin, tpe
+
+    from connect_trials import ConnectTrials
+
+    system = wl.CONNECT_TRIALS_TRACKED if tracking else wl.CONNECT_TRIALS
+    if tracking:
+        _use_tracking_store(env, experiment="connect-trials-bench")
+    objective = workload.objective()
+    timer = SuggestTimer(tpe.suggest)
+    result = RunResult(system, workload.key, seed, 0.0, bytes_note="gRPC request bytes")
+    with Probe(env.request_bytes) as probe:
+        trials = ConnectTrials(
+            parallelism=workload.parallelism, spark_session=env.spark, mlflow_tracking=tracking
+        )
+        fmin(
+            objective,
+            workload.hyperopt_space(),
+            algo=timer.algo,
+            max_evals=workload.n_trials,
+            trials=trials,
+            rstate=np.random.default_rng(seed),
+            show_progressbar=False,
+        )
+    probe.fill(result)
+    result.suggest_spans_s = timer.spans_from(probe.t0)
+    return fill_from_hyperopt(result, trials, probe.t0)
+
+
+def _use_tracking_store(env: BenchEnv, experiment: str) -> str:
+    """Make ``experiment`` in the suite's sqlite store the active one; returns its id. (The
+    suite points ``MLFLOW_TRACKING_URI`` at the store for its whole run.)"""
+    import mlflow
+
+    return str(mlflow.set_experiment(experiment).experiment_id)
+
+
+# -- MLflow's MlflowSparkStudy (Optuna over Spark Connect) ------------------------------------
+def run_mlflow_optuna(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
+    """``MlflowSparkStudy.optimize``: one Spark job of ``parallelism`` tasks; each task loads the
+    study from MLflow and runs its share of the trials one after another, sampling on the
+    executor. Its storage is an MLflow experiment (here the suite's sqlite store)."""
+    try:
+        import optuna
+        from mlflow.optuna.storage import MlflowStorage
+        from mlflow.pyspark.optuna.study import MlflowSparkStudy
+    except ImportError as exc:
+        raise SystemUnavailableError(f"MlflowSparkStudy cannot be imported: {exc}") from exc
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = f"{workload.key}-{seed}-{uuid.uuid4().hex[:8]}"
+    experiment_id = _use_tracking_store(env, experiment=f"optuna-{name}")
+    objective = workload.optuna_objective()
+    result = RunResult(wl.MLFLOW_OPTUNA, workload.key, seed, 0.0, bytes_note="gRPC request bytes")
+    with Probe(env.request_bytes) as probe:
+        study = MlflowSparkStudy(
+            name,
+            MlflowStorage(experiment_id=experiment_id),
+            sampler=optuna.samplers.TPESampler(seed=seed),
+            mlflow_tracking_uri=env.tracking_uri,
+        )
+        study.optimize(objective, n_trials=workload.n_trials, n_jobs=workload.parallelism)
+    probe.fill(result)
+    return _fill_from_optuna(result, study.trials, probe.t0)
+
+
+def _fill_from_optuna(result: RunResult, trials: list[Any], t0: float) -> RunResult:
+    from optuna.trial import TrialState
+
+    finished = [t for t in trials if t.datetime_complete is not None]
+    ok = [t for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
+    result.n_trials = len(trials)
+    result.n_ok = len(ok)
+    # Naive local times stamped on the executors (same machine, same clock).
+    result.completed_at_s = sorted(t.datetime_complete.timestamp() - t0 for t in finished)
+    result.trial_latency_s = [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in sorted(finished, key=lambda t: t.number)
+        if t.datetime_start is not None
+    ]
+    result.best_loss = min(t.value for t in ok) if ok else None
+    result.extras["suggestion"] = "sampled on the executors; not separable from the client"
+    return result
+
+
+# -- hyperopt's SparkTrials on a classic local session (in a child process) ------------------
+def run_spark_trials(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
+    return env.child(wl.SPARK_TRIALS).run(workload, seed)
+
+
+def classic_env(work_dir: Path) -> BenchEnv:
+    """A classic local[2] session on loopback (the same cores as the Connect server), warm,
+    with the size of every shipped task command counted."""
+    objectives.ship_by_value()
+    return BenchEnv(work_dir, spark=_classic_session(work_dir), command_bytes=_CommandBytes())
+
+
+def _classic_session(work_dir: Path) -> Any:
+    for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE"):
+        os.environ.pop(name, None)
+    os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
+    from pyspark.sql import SparkSession
+
+    scratch = work_dir / "classic-scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .appName("bench-SparkTrials")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", DRIVER_MEMORY)
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.local.dir", str(scratch))
+        .config("spark.sql.warehouse.dir", str(work_dir / "classic-warehouse"))
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    # Start the Python workers before anything is timed.
+    spark.sparkContext.parallelize([0, 1], 2).map(lambda x: x).collect()
+    return spark
+
+
+class _CommandBytes:
+    """Sums the size of the pickled commands (closures) PySpark ships with each classic job:
+    a classic session has no gRPC request to measure."""
+
+    def __init__(self) -> None:
+        from pyspark.core import rdd
+        from pyspark.serializers import CloudPickleSerializer
+
+        counter = self
+        self.total = 0
+
+        class CountingSerializer(CloudPickleSerializer):
+            def dumps(self, obj: Any) -> bytes:
+                data = super().dumps(obj)
+                counter.total += len(data)
+                return data
+
+        rdd.CloudPickleSerializer = CountingSerializer  # type: ignore[misc]
+
+
+def run_spark_trials_here(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
+    """hyperopt 0.3.0 ``SparkTrials`` on ``env.spark``, a classic session in this process."""
+    from hyperopt import SparkTrials, fmin, tpe
+
+    command_bytes = env.command_bytes
+    objective = workload.objective()
+    timer = SuggestTimer(tpe.suggest)
+    result = RunResult(
+        wl.SPARK_TRIALS, workload.key, seed, 0.0, bytes_note="pickled task commands (classic Spark: no gRPC)"
+    )
+    before = command_bytes.total
+    with Probe(None) as probe:
+        trials = SparkTrials(parallelism=workload.parallelism, spark_session=env.spark)
+        fmin(
+            objective,
+            workload.hyperopt_space(),
+            algo=timer.algo,
+            max_evals=workload.n_trials,
+            trials=trials,
+            rstate=np.random.default_rng(seed),
+            show_progressbar=False,
+        )
+    probe.fill(result)
+    result.bytes_sent = command_bytes.total - before
+    result.suggest_spans_s = timer.spans_from(probe.t0)
+    return fill_from_hyperopt(result, trials, probe.t0)
+
+
+# -- Ray Tune (optional; in a child process) -------------------------------------------------
+def run_ray_tune(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
+    return env.child(wl.RAY_TUNE).run(workload, seed)
+
+
+def ray_env(work_dir: Path) -> BenchEnv:
+    _start_ray(work_dir)
+    return BenchEnv(work_dir)
+
+
+def _start_ray(work_dir: Path) -> None:
+    """A local Ray instance on loopback with two CPUs, no dashboard, no usage reporting."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    try:
+        import ray
+        from ray import tune  # noqa: F401
+        from ray.tune.search.hyperopt import HyperOptSearch  # noqa: F401
+    except ImportError as exc:
+        raise SystemUnavailableError(f"Ray Tune is not installed ({exc}); pip install 'ray[tune]'") from exc
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        _temp_dir=str(work_dir / "ray"),
+        log_to_driver=False,
+        configure_logging=False,
+    )
+
+
+def run_ray_tune_here(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
+    """Ray Tune with hyperopt's TPE (``HyperOptSearch``), ``parallelism`` trials at once."""
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    objective = workload.objective()
+    completed: list[float] = []
+
+    class CompletionTimes(tune.Callback):
+        def on_trial_complete(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
+            completed.append(time.time())
+
+    def trainable(config: dict[str, Any]) -> dict[str, float]:
+        return {"loss": objective(config)}
+
+    searcher = HyperOptSearch(workload.hyperopt_space(), metric="loss", mode="min", random_state_seed=seed)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=workload.parallelism),
+            num_samples=workload.n_trials,
+            max_concurrent_trials=workload.parallelism,
+        ),
+        run_config=tune.RunConfig(
+            storage_path=str(env.work_dir / "ray-results"), verbose=0, callbacks=[CompletionTimes()]
+        ),
+    )
+    result = RunResult(wl.RAY_TUNE, workload.key, seed, 0.0, bytes_note="not measured (Ray object store)")
+    with Probe(None) as probe:
+        grid = tuner.fit()
+    probe.fill(result)
+    losses = [r.metrics["loss"] for r in grid if r.metrics and "loss" in r.metrics]
+    result.n_trials = len(grid)
+    result.n_ok = len(losses)
+    result.best_loss = min(losses) if losses else None
+    result.completed_at_s = sorted(t - probe.t0 for t in completed)
+    return result
+
+
+RUNNERS: dict[str, Runner] = {
+    wl.FLOOR_RAW: run_floor_raw,
+    wl.IN_PROCESS: run_in_process,
+    wl.SPARK_TRIALS: run_spark_trials,
+    wl.MLFLOW_OPTUNA: run_mlflow_optuna,
+    wl.CONNECT_TRIALS: run_connect_trials,
+    wl.CONNECT_TRIALS_TRACKED: run_connect_trials_tracked,
+    wl.RAY_TUNE: run_ray_tune,
+}
+
+# Systems that run in a child process: how the child sets up, and its runner there.
+ISOLATED: dict[str, tuple[Callable[[Path], BenchEnv], Runner]] = {
+    wl.SPARK_TRIALS: (classic_env, run_spark_trials_here),
+    wl.RAY_TUNE: (ray_env, run_ray_tune_here),
+}
