@@ -11,12 +11,14 @@ executor below is one implementation (an in-process one for debugging comes late
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
 import pickle
 import sys
 import sysconfig
+import tempfile
 import threading
 import types
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from pyspark import cloudpickle
 
 from connect_trials import worker
 from connect_trials.errors import ClusterUnavailableError
+from connect_trials.session import CONNECT, session_kind
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +50,6 @@ class TrialRequest:
     """Everything one trial job needs: plain values, no hyperopt objects."""
 
     tid: int
-    objective_blob: bytes
     argument_blob: bytes
     environ: dict[str, str] = field(default_factory=dict)
 
@@ -144,9 +146,37 @@ def pickle_objective(fn: Any) -> bytes:
     return buffer.getvalue()
 
 
-def build_trial_job(spark: Any, request: TrialRequest, resource_profile: Any = None) -> Any:
+def ship_objective(spark: Any, objective_blob: bytes) -> bytes | str:
+    """Send the pickled objective to the cluster once; what each trial job then refers to.
+
+    On Spark Connect the objective becomes a session file artifact named by its content hash
+    (re-adding a name with other content is refused, the same content is a no-op), so each
+    job's plan carries a short name instead of the objective and whatever it captures. A
+    classic session, or a server that refuses artifacts, gets the bytes inline in every job.
+    """
+    if session_kind(spark) != CONNECT:
+        return objective_blob
+    name = f"connect-trials-objective-{hashlib.sha256(objective_blob).hexdigest()[:40]}.pkl"
+    with tempfile.TemporaryDirectory(prefix="connect-trials-") as folder:
+        path = os.path.join(folder, name)
+        with open(path, "wb") as f:
+            f.write(objective_blob)
+        try:
+            spark.addArtifacts(path, file=True)
+        except Exception as exc:  # noqa: BLE001
+            if "ARTIFACT_ALREADY_EXISTS" not in str(exc):
+                logger.warning(
+                    "could not ship the objective as an artifact (%s); sending it in every job", exc
+                )
+                return objective_blob
+    return name
+
+
+def build_trial_job(
+    spark: Any, objective: bytes | str, request: TrialRequest, resource_profile: Any = None
+) -> Any:
     """The DataFrame whose collection runs one trial."""
-    task = worker.trial_task(request.objective_blob, request.argument_blob, request.environ)
+    task = worker.trial_task(objective, request.argument_blob, request.environ)
     source = spark.range(0, 1, 1, 1)  # exactly one partition (spark.range(1) may give two)
     if resource_profile is not None:
         return source.mapInPandas(task, worker.RESULT_SCHEMA, profile=resource_profile)
@@ -184,9 +214,10 @@ def decode_row(tid: int, row: Any) -> TrialOutcome:
 class SparkJobExecutor:
     """Runs each trial as one tagged Spark job on a Connect (or classic) session."""
 
-    def __init__(self, spark: Any, fmin_id: str, resource_profile: Any = None) -> None:
+    def __init__(self, spark: Any, fmin_id: str, objective_blob: bytes, resource_profile: Any = None) -> None:
         self._spark = spark
         self._fmin_id = fmin_id
+        self._objective = ship_objective(spark, objective_blob)
         self._resource_profile = resource_profile
         self._cancelled = threading.Event()
 
@@ -197,7 +228,7 @@ class SparkJobExecutor:
     def run_trial(self, request: TrialRequest) -> TrialOutcome:
         tags = (self.tag, trial_tag(self._fmin_id, request.tid))
         try:
-            job = build_trial_job(self._spark, request, self._resource_profile)
+            job = build_trial_job(self._spark, self._objective, request, self._resource_profile)
             for tag in tags:  # tags are thread-local: add them in the submitting thread
                 self._spark.addTag(tag)
             try:

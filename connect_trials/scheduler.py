@@ -61,7 +61,6 @@ class TrialScheduler:
         executor: job.TrialExecutor,
         parallelism: int,
         limits: SearchLimits,
-        objective_blob: bytes,
         tracker: FminTracker,
         progress: Any,
     ) -> None:
@@ -72,7 +71,6 @@ class TrialScheduler:
         self.executor = executor
         self.parallelism = parallelism
         self.limits = limits
-        self.objective_blob = objective_blob
         self.tracker = tracker
         self.progress = progress
         self._completions: queue.Queue[job.TrialOutcome] = queue.Queue()
@@ -167,7 +165,7 @@ class TrialScheduler:
             self._finish_error(trial, str(type(exc)), traceback.format_exc())
             return
         environ = self.tracker.trial_started(trial, argument)
-        request = job.TrialRequest(tid, self.objective_blob, argument_blob, environ)
+        request = job.TrialRequest(tid, argument_blob, environ)
         self._running[tid] = trial
         thread = threading.Thread(
             target=self._run_in_thread, args=(request,), name=f"connect-trials-trial-{tid}", daemon=True

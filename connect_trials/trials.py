@@ -237,7 +237,7 @@ class ConnectTrials(Trials):
             max_queue_len=int(max_queue_len),
         )
         fmin_id = uuid.uuid4().hex
-        executor = job.SparkJobExecutor(self._spark, fmin_id, self._resource_profile)
+        executor = job.SparkJobExecutor(self._spark, fmin_id, objective_blob, self._resource_profile)
         progress_callback = _progress_callback(show_progressbar, verbose)
         tracker = create_tracker(self._spark, self.mlflow_tracking)
         tracker.fmin_started(
@@ -268,7 +268,6 @@ class ConnectTrials(Trials):
                     executor=executor,
                     parallelism=self.parallelism,
                     limits=limits,
-                    objective_blob=objective_blob,
                     tracker=tracker,
                     progress=progress_ctx,
                 )

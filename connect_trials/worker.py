@@ -20,6 +20,7 @@ What happens in the task:
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import time
 import traceback
@@ -37,22 +38,23 @@ STATUS_REFUSED = "refused"
 
 
 def trial_task(
-    objective_blob: bytes, argument_blob: bytes, environ: dict[str, str]
+    objective: bytes | str, argument_blob: bytes, environ: dict[str, str]
 ) -> Callable[[Iterable[Any]], Iterator[Any]]:
-    """The ``mapInPandas`` function of one trial: runs the objective, yields one row."""
+    """The ``mapInPandas`` function of one trial: runs the objective, yields one row.
+
+    ``objective`` is the pickled objective itself, or the name of the session artifact
+    that holds it (shipped once per fmin, see ``job.ship_objective``)."""
 
     def run(batches: Iterable[Any]) -> Iterator[Any]:
         for _ in batches:  # one empty-ish input row; consume it so Spark sees the input done
             pass
-        yield _result_frame(**run_trial(objective_blob, argument_blob, environ))
+        yield _result_frame(**run_trial(objective, argument_blob, environ))
 
     return run
 
 
-def run_trial(objective_blob: bytes, argument_blob: bytes, environ: dict[str, str]) -> dict[str, Any]:
+def run_trial(objective_ref: bytes | str, argument_blob: bytes, environ: dict[str, str]) -> dict[str, Any]:
     """Call the objective once and describe what happened, never raising."""
-    import pickle
-
     started_at = time.time()
     attempt = _task_attempt()
     row: dict[str, Any] = {
@@ -73,9 +75,10 @@ def run_trial(objective_blob: bytes, argument_blob: bytes, environ: dict[str, st
         )
     else:
         saved_environ = dict(os.environ)
+        saved_mlflow_state = _mlflow_process_state()
         os.environ.update(environ)
         try:
-            objective = pickle.loads(objective_blob)
+            objective = _load_objective(objective_ref)
             argument = pickle.loads(argument_blob)
             value = objective(argument)
             row["value"] = _dumps(value)
@@ -87,12 +90,56 @@ def run_trial(objective_blob: bytes, argument_blob: bytes, environ: dict[str, st
                 error_text=traceback.format_exc(),
             )
         finally:
-            _end_mlflow_runs()
+            _end_mlflow_runs(failed=row["status"] == STATUS_RAISED)
+            _restore_mlflow_process_state(saved_mlflow_state)
             os.environ.clear()
             os.environ.update(saved_environ)
     row["started_at"] = started_at
     row["finished_at"] = time.time()
     return row
+
+
+# Objectives shipped as artifacts, unpickled once per Python worker process. The cache
+# lives in a module of its own in sys.modules because this module arrives by value with
+# every job, so its own globals are new each time.
+_CACHE_MODULE = "_connect_trials_objective_cache"
+_CACHE_SIZE = 4
+
+
+def _load_objective(ref: bytes | str) -> Any:
+    if isinstance(ref, bytes):
+        return pickle.loads(ref)
+    cache_module = sys.modules.get(_CACHE_MODULE)
+    if cache_module is None:
+        import types
+
+        cache_module = sys.modules.setdefault(_CACHE_MODULE, types.ModuleType(_CACHE_MODULE))
+    cache: dict[str, Any] = cache_module.__dict__.setdefault("objectives", {})
+    if ref not in cache:
+        with open(_artifact_path(ref), "rb") as f:
+            objective = pickle.load(f)
+        while len(cache) >= _CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        cache[ref] = objective
+    return cache[ref]
+
+
+def _artifact_path(name: str) -> str:
+    """Where a session file artifact is on this worker: Spark Connect runs Python workers in
+    the session's artifact folder; SparkFiles knows it otherwise."""
+    if os.path.exists(name):
+        return name
+    try:
+        from pyspark import SparkFiles
+
+        candidate = os.path.join(SparkFiles.getRootDirectory(), name)
+        if os.path.exists(candidate):
+            return candidate
+    except Exception:  # noqa: BLE001
+        pass
+    raise FileNotFoundError(
+        f"the objective's artifact {name} is not in this worker's session folder ({os.getcwd()})"
+    )
 
 
 def _dumps(value: Any) -> bytes:
@@ -118,15 +165,58 @@ def _task_attempt() -> int:
     return int(context.attemptNumber()) if context is not None else 0
 
 
-def _end_mlflow_runs() -> None:
-    """End runs the objective left active: the next task on this worker must start clean."""
+def _end_mlflow_runs(failed: bool) -> None:
+    """End the runs the objective left active (the child run, resumed through MLFLOW_RUN_ID,
+    and any it started itself): the next task on this worker must start clean. The client
+    sets the child run's final status afterwards; here MLflow gets one quick try, so a
+    tracking server that went away cannot hold up the trial."""
     mlflow = sys.modules.get("mlflow")
     if mlflow is None:
         return
+    os.environ.update(_MLFLOW_QUICK_CALLS)
     try:
         while mlflow.active_run() is not None:
-            mlflow.end_run()
+            mlflow.end_run("FAILED" if failed else "FINISHED")
     except Exception:  # noqa: BLE001 - MLflow trouble never fails a trial
+        pass
+
+
+# What MLflow keeps per process besides os.environ: the URIs set by set_tracking_uri and
+# set_registry_uri, and the experiment set by set_experiment. They are private names, read
+# defensively: with another MLflow version the worst case is that they are not reset.
+_MLFLOW_PROCESS_GLOBALS = (
+    ("mlflow.tracking._tracking_service.utils", "_tracking_uri"),
+    ("mlflow.tracking._model_registry.utils", "_registry_uri"),
+    ("mlflow.tracking.fluent", "_active_experiment_id"),
+)
+_MLFLOW_QUICK_CALLS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+
+
+def _mlflow_process_state() -> dict[tuple[str, str], Any]:
+    """MLflow's per-process settings before the task (None, their default, if not imported)."""
+    state: dict[tuple[str, str], Any] = {}
+    for module_name, attribute in _MLFLOW_PROCESS_GLOBALS:
+        module = sys.modules.get(module_name)
+        state[(module_name, attribute)] = getattr(module, attribute, None)
+    return state
+
+
+def _restore_mlflow_process_state(state: dict[tuple[str, str], Any]) -> None:
+    """Put MLflow's per-process settings back, and drop the tracer provider, which keeps the
+    tracking URI it was first used with."""
+    try:
+        for (module_name, attribute), value in state.items():
+            module = sys.modules.get(module_name)
+            if module is not None and hasattr(module, attribute):
+                setattr(module, attribute, value)
+        provider = sys.modules.get("mlflow.tracing.provider")
+        if provider is not None:
+            provider.reset()
+    except Exception:  # noqa: BLE001
         pass
 
 

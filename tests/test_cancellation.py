@@ -110,7 +110,9 @@ def test_fmin_timeout_argument_cancels_like_the_constructor_one(spark):
             hp.uniform("x", -1, 1),
             anneal.suggest,
             50,
-            timeout=3,
+            # Generous: slots of jobs cancelled by the previous test free up only once Spark
+            # has killed their Python workers, a few seconds later.
+            timeout=8,
             trials=trials,
             show_progressbar=False,
             return_argmin=False,
