@@ -76,13 +76,14 @@ class TrialScheduler:
         self._completions: queue.Queue[job.TrialOutcome] = queue.Queue()
         self._pending: list[dict[str, Any]] = []  # suggested, not yet submitted
         self._running: dict[int, dict[str, Any]] = {}
-        self._threads: list[threading.Thread] = []
         self._n_suggested = 0
         # As in hyperopt, max_evals counts the valid trials already in the trials object.
         trials.refresh()
         self._n_to_run = limits.max_evals - len(trials.trials)
         self._exhausted = False
         self._early_stop_args: list[Any] = []
+        # Finished trials in the order they finished: what early_stop_fn sees (see _should_stop).
+        self._finished = [t for t in trials._dynamic_trials if t["state"] == base.JOB_STATE_DONE]
         self._cancelled_at = math.inf
         self.best_loss = math.inf
 
@@ -103,8 +104,10 @@ class TrialScheduler:
         except KeyboardInterrupt:
             self._cancel(FMIN_CANCELLED_REASON_USER)
             raise
-        except ClusterUnavailableError:
-            self._abandon_running()
+        except BaseException:
+            # The server is gone, or the algorithm or early_stop_fn raised: nothing may run on
+            # without its fmin.
+            self._interrupt_running()
             raise
         finally:
             self._settle_cancelled()
@@ -170,7 +173,6 @@ class TrialScheduler:
         thread = threading.Thread(
             target=self._run_in_thread, args=(request,), name=f"connect-trials-trial-{tid}", daemon=True
         )
-        self._threads.append(thread)
         thread.start()
 
     def _argument_of(self, trial: dict[str, Any]) -> Any:
@@ -210,7 +212,7 @@ class TrialScheduler:
                 self._finish_done(trial, result, outcome)
         else:
             self._finish_error(trial, outcome.error_type or "", outcome.error_text or "", outcome)
-        return self._should_stop()
+        return self._should_stop(trial)
 
     def _handle_late(self, outcome: job.TrialOutcome) -> None:
         trial = self._running.pop(outcome.tid)
@@ -228,6 +230,7 @@ class TrialScheduler:
         trial["result"] = result
         _stamp(trial, outcome)
         self.trials.refresh()
+        self._finished.append(trial)
         logger.debug("trial %s task thread exits normally and writes results back correctly.", tid)
         loss = result.get("loss")
         if result.get("status") == base.STATUS_OK and loss is not None and not math.isnan(loss):
@@ -259,19 +262,29 @@ class TrialScheduler:
         logger.debug("trial %s task thread catches an exception and writes the info back correctly.", tid)
         self.tracker.trial_finished(trial, self.best_loss)
 
-    def _should_stop(self) -> bool:
+    def _should_stop(self, trial: dict[str, Any]) -> bool:
         threshold = self.limits.loss_threshold
         if threshold is not None and self.best_loss < threshold:
             logger.info("fmin reached the loss threshold (%s < %s).", self.best_loss, threshold)
             self._cancel(FMIN_CANCELLED_REASON_EARLY_STOPPING)
             return True
-        if self.limits.early_stop_fn is not None:
-            stop, args = self.limits.early_stop_fn(self.trials, *self._early_stop_args)
+        succeeded = trial["state"] == base.JOB_STATE_DONE and trial["result"].get("status") == base.STATUS_OK
+        if self.limits.early_stop_fn is not None and succeeded:
+            # As upstream, after each successful trial. The function sees the finished trials
+            # in the order they finished, as in a serial fmin: hyperopt's no_progress_loss
+            # reads the last trial's loss, which would be a running trial's in self.trials.
+            stop, args = self.limits.early_stop_fn(self._finished_trials(), *self._early_stop_args)
             self._early_stop_args = list(args)
             if stop:
                 self._cancel(FMIN_CANCELLED_REASON_EARLY_STOPPING)
                 return True
         return False
+
+    def _finished_trials(self) -> base.Trials:
+        view = base.Trials()
+        view._dynamic_trials = list(self._finished)
+        view.refresh()
+        return view
 
     # -- cancellation ----------------------------------------------------------------------
     def _cancel(self, reason: str) -> None:
@@ -280,8 +293,13 @@ class TrialScheduler:
             return
         trials._fmin_cancelled = True
         trials._fmin_cancelled_reason = reason
-        self._cancelled_at = time.time()
         logger.warning("fmin cancelled because of %s", reason)
+        self._interrupt_running()
+        logger.warning("fmin is cancelled, so new trials will not be launched.")
+
+    def _interrupt_running(self) -> None:
+        """Interrupt the running jobs through the fmin's tag; mark unfinished trials CANCEL."""
+        self._cancelled_at = min(self._cancelled_at, time.time())
         if self._running:
             logger.debug("Cancelling all running jobs of this fmin")
             _call_bounded(self.executor.cancel_all, 2.0)
@@ -290,7 +308,6 @@ class TrialScheduler:
             trial["state"] = base.JOB_STATE_CANCEL
             trial["refresh_time"] = now
         self._pending.clear()
-        logger.warning("fmin is cancelled, so new trials will not be launched.")
 
     def _settle_cancelled(self) -> None:
         """Wait (bounded) for interrupted jobs to report, so their errors are recorded."""
@@ -319,12 +336,6 @@ class TrialScheduler:
             trial["state"] = base.JOB_STATE_CANCEL
         self._pending.clear()
         self.trials.refresh()
-
-    def _abandon_running(self) -> None:
-        for trial in list(self._running.values()) + self._pending:
-            trial["state"] = base.JOB_STATE_CANCEL
-            trial["refresh_time"] = coarse_utcnow()
-        _call_bounded(self.executor.cancel_all, 2.0)
 
 
 def _validated_result(value: Any) -> dict[str, Any]:

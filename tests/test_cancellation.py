@@ -228,3 +228,58 @@ def test_session_stays_usable_after_a_cancelled_fmin(spark):
     trials = ConnectTrials(parallelism=2, spark_session=spark)
     fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, 4, trials=trials)
     assert trials.count_successful_trials() == 4
+
+
+def test_hyperopts_no_progress_loss_works_with_trials_in_flight(spark):
+    from hyperopt.early_stop import no_progress_loss
+
+    trials = ConnectTrials(parallelism=2, spark_session=spark)
+    fmin(
+        lambda x: x,
+        hp.uniform("x", 0, 1),
+        rand.suggest,
+        200,
+        trials=trials,
+        early_stop_fn=no_progress_loss(5),
+        show_progressbar=False,
+        rstate=np.random.default_rng(11),
+    )
+    assert trials.fmin_cancelled_reason == "early stopping condition"
+    assert 6 <= trials.count_successful_trials() < 200
+
+
+def test_an_early_stop_fn_that_raises_fails_fmin_and_cancels_running_trials(spark, tmp_path):
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(60)  # the seed makes a slow trial run alongside the first fast one
+    port = listener.getsockname()[1]
+
+    def objective(x: float) -> float:
+        import socket
+        import time
+
+        if x >= 0.5:  # the slow half: running when early_stop_fn raises
+            socket.create_connection(("127.0.0.1", port)).close()
+            time.sleep(60)
+        return x
+
+    def broken_early_stop(trials, *args):
+        listener.accept()[0].close()  # a slow trial is running
+        raise ZeroDivisionError("bug in early_stop_fn")
+
+    trials = ConnectTrials(parallelism=2, spark_session=spark)
+    t0 = time.monotonic()
+    with pytest.raises(ZeroDivisionError):
+        fmin(
+            objective,
+            hp.choice("x", [0.0, 0.9]),
+            rand.suggest,
+            20,
+            trials=trials,
+            early_stop_fn=broken_early_stop,
+            show_progressbar=False,
+            rstate=np.random.default_rng(2),
+        )
+    listener.close()
+    assert time.monotonic() - t0 < 30
+    assert trials.count_cancelled_trials() >= 1
+    assert trials.count_successful_trials() >= 1
