@@ -85,7 +85,7 @@ class TrialScheduler:
         # Finished trials in the order they finished: what early_stop_fn sees (see _should_stop).
         self._finished = [t for t in trials._dynamic_trials if t["state"] == base.JOB_STATE_DONE]
         self._cancelled_at = math.inf
-        self.best_loss = math.inf
+        self.best_loss = min((_ok_loss(t) for t in self._finished), default=math.inf)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -232,11 +232,10 @@ class TrialScheduler:
         self.trials.refresh()
         self._finished.append(trial)
         logger.debug("trial %s task thread exits normally and writes results back correctly.", tid)
-        loss = result.get("loss")
-        if result.get("status") == base.STATUS_OK and loss is not None and not math.isnan(loss):
-            if loss < self.best_loss:
-                self.best_loss = loss
-                self.progress.postfix = f"best loss: {loss}"
+        loss = _ok_loss(trial)
+        if loss < self.best_loss:
+            self.best_loss = loss
+            self.progress.postfix = f"best loss: {loss}"
         self.progress.update(1)
         self.tracker.trial_finished(trial, self.best_loss)
 
@@ -355,6 +354,15 @@ def _validated_result(value: Any) -> dict[str, Any]:
         except (TypeError, KeyError) as exc:
             raise InvalidLoss(result) from exc
     return result
+
+
+def _ok_loss(trial: dict[str, Any]) -> float:
+    """The trial's loss if it counts towards the best one (status ok, not NaN), else inf."""
+    result = trial["result"]
+    loss = result.get("loss")
+    if result.get("status") != base.STATUS_OK or loss is None or math.isnan(loss):
+        return math.inf
+    return float(loss)
 
 
 def _stamp(trial: dict[str, Any], outcome: job.TrialOutcome | None) -> None:
