@@ -75,16 +75,24 @@ def run_suite(
         stack.enter_context(_environment(MLFLOW_TRACKING_URI=env.tracking_uri))
         if spark is None:
             log("starting a Spark Connect server (local[2]) on loopback ...")
-            env.spark, env.request_bytes, server = stack.enter_context(_counted_connect_session(work_dir))
+            server = stack.enter_context(_local_server(work_dir))
             suite.meta.update(connect_url=server.url, driver_memory=DRIVER_MEMORY)
             env.server_log = server.log_path
             log(f"server up at {server.url} after {time.time() - started:.0f} s")
+            env.request_bytes = RequestBytes()
+            env.spark = stack.enter_context(_counted_session(server.url, env.request_bytes, default=True))
+
+            def session_factory() -> Any:
+                return stack.enter_context(_counted_session(server.url, env.request_bytes, default=False))
+
+            env.session_factory = session_factory
         stack.callback(env.close)
         objectives.ship_by_value()
         _warm_session(env.spark)
-        # A server that dies mid-suite fails the runs in seconds, not after ~10 minutes of retries.
-        stack.enter_context(bounded_retries(env.spark))
-        suite.floor_latency_s = sequential_job_latency(env.spark, floor_jobs)
+        if env.session_factory is None:
+            # A server that dies mid-suite fails the runs in seconds, not after ~10 minutes of retries.
+            stack.enter_context(bounded_retries(env.spark))
+        suite.floor_latency_s = sequential_job_latency(env.spark_for(wl.FLOOR_RAW), floor_jobs)
         log(
             f"floor: trivial single-task job latency, median of {floor_jobs}: "
             f"{statistics.median(suite.floor_latency_s):.3f} s"
@@ -199,11 +207,8 @@ def _warm_up_copy(workload: Workload) -> Workload:
 
 
 @contextlib.contextmanager
-def _counted_connect_session(work_dir: Path) -> Iterator[tuple[Any, RequestBytes, Any]]:
-    """A local[2] Connect server of our own and a session whose channel counts request bytes."""
-    from pyspark.sql.connect.client import DefaultChannelBuilder
-    from pyspark.sql.connect.session import SparkSession
-
+def _local_server(work_dir: Path) -> Iterator[Any]:
+    """A local[2] Spark Connect server of the suite's own, stopped by its own pid at the end."""
     from connect_trials.server import LocalConnectServer
 
     os.environ["PYSPARK_PYTHON"] = sys.executable
@@ -211,16 +216,30 @@ def _counted_connect_session(work_dir: Path) -> Iterator[tuple[Any, RequestBytes
         master="local[2]", state_dir=work_dir / "connect-server", conf={"spark.driver.memory": DRIVER_MEMORY}
     )
     with server:
-        request_bytes = RequestBytes()
-        channel = DefaultChannelBuilder(server.url)
-        channel.add_interceptor(request_bytes)
+        yield server
+
+
+@contextlib.contextmanager
+def _counted_session(url: str, request_bytes: RequestBytes, default: bool) -> Iterator[Any]:
+    """A warm Connect session whose channel counts request bytes and gives up on a dead server
+    in seconds. ``default``: the one ``SparkSession.active()`` returns."""
+    from pyspark.sql.connect.client import DefaultChannelBuilder
+    from pyspark.sql.connect.session import SparkSession
+
+    channel = DefaultChannelBuilder(url)
+    channel.add_interceptor(request_bytes)
+    if default:
         # What SparkSession.builder.remote() sets; MlflowSparkStudy reads it to pick Connect.
         os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
-        spark = SparkSession.builder.channelBuilder(channel).getOrCreate()
-        try:
-            yield spark, request_bytes, server
-        finally:
-            spark.stop()
+        session = SparkSession.builder.channelBuilder(channel).getOrCreate()
+    else:
+        session = SparkSession(connection=channel)
+    try:
+        _warm_session(session)
+        with bounded_retries(session):
+            yield session
+    finally:
+        session.stop()
 
 
 def _warm_session(spark: Any) -> None:
@@ -244,7 +263,33 @@ def _machine(started: float) -> dict[str, Any]:
         "memory_gb": _memory_gb(),
         "platform": platform.platform(),
         "versions": versions,
+        "engine": _engine_revision(),
     }
+
+
+def _engine_revision() -> str:
+    """The commit of the connect_trials being measured, and whether its files differ from it."""
+    import subprocess
+
+    import connect_trials
+
+    package = Path(connect_trials.__file__).parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(package), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(package), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"{package} (not in a git work tree)"
+    return f"{commit}{' with uncommitted changes to connect_trials/' if dirty else ''}"
 
 
 def _memory_gb() -> float | None:

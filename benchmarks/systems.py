@@ -3,10 +3,11 @@
     run(workload, seed, env) -> RunResult
 
 ``RUNNERS`` maps the names of ``workloads.py`` to runners. The Spark Connect ones share the
-suite's warm session (``env.spark``). hyperopt's ``SparkTrials`` needs a classic JVM session and
-Ray a cluster of its own, which do not mix with a Connect session in one process: their
-runners here hand the run to a child process (``isolated.py``), which calls the ``*_here``
-runner of the same system with an environment of its own.
+suite's server, each through a warm session of its own (``BenchEnv.spark_for``). hyperopt's
+``SparkTrials`` needs a classic JVM session and Ray a cluster of its own, which do not mix
+with a Connect session in one process: their runners here hand the run to a child process
+(``isolated.py``), which calls the ``*_here`` runner of the same system with an environment
+of its own.
 """
 
 from __future__ import annotations
@@ -40,14 +41,30 @@ class SystemUnavailableError(RuntimeError):
 
 @dataclass
 class BenchEnv:
-    """What runners share: the scratch folder, the warm Spark session, the byte counter."""
+    """What runners share: the scratch folder, Spark sessions, the byte counters.
+
+    With a ``session_factory``, each Connect system gets a warm session of its own, so it gets
+    its own Python workers: what one system leaves in reused workers cannot slow another
+    (after MlflowSparkStudy ran, later jobs in the same session took about twice as long
+    here). ``spark``, the default session, is the one MlflowSparkStudy finds through
+    ``SparkSession.active()``; without a factory every system uses it.
+    """
 
     work_dir: Path
     spark: Any = None
+    session_factory: Callable[[], Any] | None = None
     request_bytes: RequestBytes | None = None
     command_bytes: Any = None  # classic sessions: the size of the pickled task commands
     server_log: Path | None = None
     children: dict[str, Any] = field(default_factory=dict)
+    sessions: dict[str, Any] = field(default_factory=dict)  # stopped by whoever made the factory
+
+    def spark_for(self, system: str) -> Any:
+        if self.session_factory is None or system == wl.MLFLOW_OPTUNA:
+            return self.spark
+        if system not in self.sessions:
+            self.sessions[system] = self.session_factory()
+        return self.sessions[system]
 
     @property
     def tracking_uri(self) -> str:
@@ -77,14 +94,15 @@ def run_floor_raw(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
     threads submitting: no search algorithm, no bookkeeping. The fastest any system can be
     on this server."""
     task = objectives.raw_job_task(workload.objective(), workload.default_point())
-    result = RunResult(wl.FLOOR_RAW, workload.key, seed, 0.0)
+    spark = env.spark_for(wl.FLOOR_RAW)
+    result = RunResult(wl.FLOOR_RAW, workload.key, seed, 0.0, bytes_note="gRPC request bytes")
     completed: list[float] = []
     latencies: list[float] = []
     with Probe(env.request_bytes) as probe:
 
         def one_job(_: int) -> float:
             start = time.time()
-            rows = env.spark.range(0, 1, 1, 1).mapInPandas(task, "loss double").collect()
+            rows = spark.range(0, 1, 1, 1).mapInPandas(task, "loss double").collect()
             end = time.time()
             completed.append(end - probe.t0)
             latencies.append(end - start)
@@ -158,7 +176,7 @@ def _connect_trials(workload: Workload, seed: int, env: BenchEnv, tracking: bool
     result = RunResult(system, workload.key, seed, 0.0, bytes_note="gRPC request bytes")
     with Probe(env.request_bytes) as probe:
         trials = ConnectTrials(
-            parallelism=workload.parallelism, spark_session=env.spark, mlflow_tracking=tracking
+            parallelism=workload.parallelism, spark_session=env.spark_for(system), mlflow_tracking=tracking
         )
         fmin(
             objective,
