@@ -1,0 +1,549 @@
+"""Automated MLflow tracking, checked against a real ``mlflow server`` and Spark Connect server.
+
+Each test gets a fresh experiment on the session's MLflow server (``tracking`` fixture) and
+reads back what fmin recorded there with ``MlflowClient``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import numpy as np
+import pytest
+from hyperopt import STATUS_OK, fmin, hp, rand, tpe
+from mlflow import MlflowClient
+from pyspark import cloudpickle
+
+from connect_trials import ConnectTrials, tracking
+from tests.conftest import captured_log
+
+# The objectives below run on Spark workers, where this module cannot be imported.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+SECRET = "s3cret-token-never-logged"
+
+
+@dataclass
+class Tracking:
+    client: MlflowClient
+    uri: str
+    experiment_id: str
+
+    def runs(self, experiment_id: str | None = None) -> list[Any]:
+        return self.client.search_runs([experiment_id or self.experiment_id], max_results=1000)
+
+    def parent_and_children(self, experiment_id: str | None = None) -> tuple[Any, list[Any]]:
+        """The one parent run and its children (named ``trial-<tid>``)."""
+        runs = self.runs(experiment_id)
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        assert len(parents) == 1, [r.info.run_name for r in runs]
+        return parents[0], [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+    def new_experiment(self, monkeypatch: pytest.MonkeyPatch) -> str:
+        experiment_id = self.client.create_experiment(f"connect-trials-{uuid.uuid4().hex}")
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+        return experiment_id
+
+
+@pytest.fixture
+def tracking_server(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tracking]:
+    """The session's MLflow server as tracking URI, and a fresh experiment, for one test."""
+    saved_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(mlflow_server)
+    client = MlflowClient(mlflow_server)
+    server = Tracking(client, mlflow_server, "")
+    server.experiment_id = server.new_experiment(monkeypatch)
+    try:
+        yield server
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(saved_uri)
+
+
+def run_fmin(spark: Any, fn: Any, space: Any, max_evals: int, seed: int = 0, algo: Any = rand.suggest,
+             **trials_kwargs: Any) -> tuple[ConnectTrials, Any]:  # fmt: skip
+    trials = ConnectTrials(spark_session=spark, **{"parallelism": 2, **trials_kwargs})
+    best = fmin(
+        fn,
+        space,
+        algo=algo,
+        max_evals=max_evals,
+        trials=trials,
+        rstate=np.random.default_rng(seed),
+        show_progressbar=False,
+    )
+    return trials, best
+
+
+def trial_of(trials: ConnectTrials, run: Any) -> dict[str, Any]:
+    """The trial document of a child run (``trials.trials`` leaves out ERROR and CANCEL)."""
+    tid = int(run.info.run_name.removeprefix("trial-"))
+    return next(t for t in trials._dynamic_trials if t["tid"] == tid)
+
+
+# -- objectives (they run on the Spark workers) ---------------------------------------------------
+def quadratic(point: dict[str, Any]) -> dict[str, Any]:
+    x = point["x"]
+    penalty = 0.0 if point["act"] == "relu" else 1.0
+    return {"loss": (x - 0.5) ** 2 + penalty, "status": STATUS_OK, "model": point["model"]}
+
+
+def logs_through_the_fluent_api(point: dict[str, Any]) -> dict[str, Any]:
+    import tempfile
+
+    import mlflow
+
+    mlflow.log_param("inner_param", point["x"])
+    mlflow.log_metric("inner_metric", 2 * point["x"])
+    mlflow.set_tag("inner_tag", "from the objective")
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "note.txt")
+        with open(path, "w") as note:
+            note.write(f"x={point['x']!r}")
+        mlflow.log_artifact(path)
+    run = mlflow.active_run()
+    return {"loss": point["x"] ** 2, "status": STATUS_OK, "run_id": run.info.run_id, "pid": os.getpid()}
+
+
+def logs_inside_start_run(point: dict[str, Any]) -> dict[str, Any]:
+    import mlflow
+
+    with mlflow.start_run() as run:
+        mlflow.log_metric("inside_start_run", point["x"])
+        run_id = run.info.run_id
+    return {"loss": point["x"] ** 2, "status": STATUS_OK, "run_id": run_id, "pid": os.getpid()}
+
+
+def sets_uri_and_experiment_then_logs(point: dict[str, Any]) -> dict[str, Any]:
+    import mlflow
+
+    # What a careful objective does; it must not leak into the next task on this worker.
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    mlflow.set_experiment(experiment_id=os.environ["MLFLOW_EXPERIMENT_ID"])
+    mlflow.log_param("inner_param", point["x"])
+    token_seen = os.environ.get("MLFLOW_TRACKING_TOKEN") == SECRET
+    return {"loss": point["x"] ** 2, "status": STATUS_OK, "token_seen": token_seen, "pid": os.getpid()}
+
+
+def logs_a_param(point: dict[str, Any]) -> dict[str, Any]:
+    import mlflow
+
+    mlflow.log_param("inner_param", point["x"])
+    return {"loss": point["x"] ** 2, "status": STATUS_OK, "pid": os.getpid()}
+
+
+def reports_mlflow_state(point: dict[str, Any]) -> dict[str, Any]:
+    mlflow = sys.modules.get("mlflow")
+    return {
+        "loss": point["x"] ** 2,
+        "status": STATUS_OK,
+        "pid": os.getpid(),
+        "mlflow_env": sorted(k for k in os.environ if k.startswith("MLFLOW_")),
+        "token_present": "MLFLOW_TRACKING_TOKEN" in os.environ,
+        "tracking_uri": None if mlflow is None else mlflow.get_tracking_uri(),
+        "active_run": mlflow is not None and mlflow.active_run() is not None,
+    }
+
+
+def raises_fails_or_succeeds(point: dict[str, Any]) -> Any:
+    if point["mode"] == "raise":
+        raise ValueError(f"bad x {point['x']:.3f}")
+    if point["mode"] == "fail":
+        return {"status": "fail"}
+    return point["x"]
+
+
+def sleeps(point: dict[str, Any]) -> float:
+    time.sleep(point["sleep"])
+    return float(point["sleep"])
+
+
+SPACE = {
+    "x": hp.uniform("x", -2, 2),
+    "act": hp.choice("act", ["relu", "tanh"]),
+    "model": hp.choice("model", [{"type": "svm", "C": hp.uniform("C", 0, 1)}, {"type": "forest"}]),
+    "lr": hp.loguniform("lr (log)", -3, 0),
+}
+X_SPACE = {"x": hp.uniform("x", -1, 1)}
+
+
+# -- names and values (no servers) ---------------------------------------------------------------
+def test_child_params_are_the_values_the_objective_received_with_the_index_of_each_choice() -> None:
+    space = {**SPACE, "units": hp.pchoice("units", [(0.2, 16), (0.8, 64)])}
+    hyperparameters = tracking._Hyperparameters.of(space)
+    vals = {"x": [0.25], "act": [1], "model": [0], "C": [0.5], "lr (log)": [0.125], "units": [1]}
+    assert hyperparameters.params(vals) == {
+        "x": "0.25",
+        "act": "tanh",
+        "act_index": "1",
+        "model": "{'C': 0.5, 'type': 'svm'}",
+        "model_index": "0",
+        "C": "0.5",
+        "lr _log_": "0.125",
+        "units": "64",
+        "units_index": "1",
+    }
+    inactive = {**vals, "model": [1], "C": []}
+    params = hyperparameters.params(inactive)
+    assert params["model"] == "{'type': 'forest'}" and "C" not in params
+
+
+@pytest.mark.parametrize("label", ["lr (log)", "../x", ".", "..", "a/b", "x:y", "ü", "", "a=b&c"])
+def test_any_hyperopt_label_becomes_a_valid_mlflow_param_name(label: str) -> None:
+    from mlflow.utils.validation import _validate_param_name
+
+    _validate_param_name(tracking._param_key(label))
+
+
+def test_algo_is_named_by_module_and_function() -> None:
+    import functools
+
+    from hyperopt import anneal
+
+    assert tracking._algo_name(tpe.suggest) == "tpe.suggest"
+    assert tracking._algo_name(functools.partial(tpe.suggest, n_startup_jobs=2)) == "tpe.suggest"
+    assert tracking._algo_name(anneal.suggest) == "anneal.suggest"
+    assert tracking._algo_name(run_fmin) == "tests.test_tracking.run_fmin"
+
+
+def test_local_tracking_uris_are_made_absolute_because_workers_run_in_another_folder(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert tracking._absolute_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
+    assert tracking._absolute_tracking_uri("sqlite:////srv/mlflow.db") == "sqlite:////srv/mlflow.db"
+    assert tracking._absolute_tracking_uri("mlruns") == (tmp_path / "mlruns").as_uri()
+    assert tracking._absolute_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert tracking._absolute_tracking_uri("databricks") == "databricks"
+
+
+# -- parent and child runs -------------------------------------------------------------------------
+def test_fmin_without_an_active_run_records_a_parent_and_one_child_per_trial_and_ends_the_parent(
+    spark: Any, tracking_server: Tracking
+) -> None:
+    trials, _ = run_fmin(spark, quadratic, SPACE, max_evals=6, parallelism=None, algo=tpe.suggest)
+
+    assert mlflow.active_run() is None
+    parent, children = tracking_server.parent_and_children()
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params == {
+        "max_evals": "6",
+        "actual_parallelism": "2",
+        "parallelism": "None",
+        "timeout": "None",
+        "algo": "tpe.suggest",
+        "max_queue_len": "1",
+    }
+    tags = parent.data.tags
+    assert tags["runSource"] == "hyperoptAutoTracking"
+    fmin_uuid = tags["fmin_uuid"]
+    assert len(fmin_uuid) == 6 and int(fmin_uuid, 16) >= 0
+    assert "hyperopt_param" in tags["space"] and "Literal{act}" in tags["space"]
+    losses = [t["result"]["loss"] for t in trials.trials]
+    metrics = parent.data.metrics
+    assert metrics["successful_trials_count"] == 6
+    assert metrics["failed_trials_count"] == 0
+    assert metrics["cancelled_trials_count"] == 0
+    assert metrics["total_trials_count"] == 6
+    assert metrics["best_trial_loss"] == pytest.approx(min(losses))
+
+    assert sorted(r.info.run_name for r in children) == sorted(f"trial-{t['tid']}" for t in trials.trials)
+    for run in children:
+        trial = trial_of(trials, run)
+        vals = trial["misc"]["vals"]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["fmin_uuid"] == fmin_uuid
+        assert run.data.tags["runSource"] == "hyperoptAutoTracking"
+        assert run.data.tags["trial_status"] == "success"
+        assert run.data.metrics["loss"] == pytest.approx(trial["result"]["loss"])
+        params = run.data.params
+        assert float(params["x"]) == pytest.approx(vals["x"][0])
+        assert float(params["lr _log_"]) == pytest.approx(vals["lr (log)"][0])
+        # hp.choice: the value the objective received, and the index hyperopt stores.
+        assert params["act"] == ["relu", "tanh"][vals["act"][0]]
+        assert params["act_index"] == str(vals["act"][0])
+        assert params["model"] == str(trial["result"]["model"])
+        assert params["model_index"] == str(vals["model"][0])
+        assert ("C" in params) == (trial["result"]["model"]["type"] == "svm")
+
+
+def test_best_trial_loss_is_logged_at_each_improvement_with_the_finished_trial_count_as_step(
+    spark: Any, tracking_server: Tracking
+) -> None:
+    # parallelism 1: trials finish in tid order, so the improvements are known exactly.
+    trials, _ = run_fmin(spark, lambda p: p["x"] ** 2, X_SPACE, max_evals=8, parallelism=1, seed=3)
+
+    parent, _ = tracking_server.parent_and_children()
+    history = tracking_server.client.get_metric_history(parent.info.run_id, "best_trial_loss")
+    expected, best = [], math.inf
+    for step, trial in enumerate(sorted(trials.trials, key=lambda t: t["tid"]), start=1):
+        if trial["result"]["loss"] < best:
+            best = trial["result"]["loss"]
+            expected.append((step, best))
+    assert len(expected) >= 2  # the seed gives a history, not a single point
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
+        (step, pytest.approx(value)) for step, value in expected
+    ]
+
+
+def test_two_fmins_in_one_active_run_leave_it_open_and_suffix_the_second_fmins_names(
+    spark: Any, tracking_server: Tracking
+) -> None:
+    with mlflow.start_run() as run:
+        first, _ = run_fmin(spark, logs_through_the_fluent_api, X_SPACE, max_evals=3, seed=1)
+        second, _ = run_fmin(spark, logs_inside_start_run, X_SPACE, max_evals=4, seed=2)
+        assert mlflow.active_run() is not None
+        assert mlflow.active_run().info.run_id == run.info.run_id
+    parent, children = tracking_server.parent_and_children()
+    assert parent.info.run_id == run.info.run_id
+
+    tags, params, metrics = parent.data.tags, parent.data.params, parent.data.metrics
+    first_uuid = tags["fmin_uuid"]
+    suffixed = [k for k in tags if k.startswith("fmin_uuid_")]
+    assert len(suffixed) == 1
+    second_uuid = tags[suffixed[0]]
+    assert suffixed[0] == f"fmin_uuid_{second_uuid}" and second_uuid != first_uuid
+    assert params["max_evals"] == "3" and params[f"max_evals_{second_uuid}"] == "4"
+    assert params["algo"] == params[f"algo_{second_uuid}"] == "rand.suggest"
+    assert metrics["total_trials_count"] == 3
+    assert metrics[f"total_trials_count_{second_uuid}"] == 4
+    assert metrics[f"best_trial_loss_{second_uuid}"] == pytest.approx(min(second.losses()))
+    assert f"space_{second_uuid}" in tags and tags["runSource"] == "hyperoptAutoTracking"
+
+    by_fmin: dict[str, list[Any]] = {}
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == run.info.run_id
+        by_fmin.setdefault(child.data.tags["fmin_uuid"], []).append(child)
+    assert {k: len(v) for k, v in by_fmin.items()} == {first_uuid: 3, second_uuid: 4}
+
+    # The objective's own MLflow calls landed on its trial's child run, and nowhere else.
+    for child in by_fmin[first_uuid]:
+        result = trial_of(first, child)["result"]
+        x = trial_of(first, child)["misc"]["vals"]["x"][0]
+        assert result["run_id"] == child.info.run_id
+        assert float(child.data.params["inner_param"]) == pytest.approx(x)
+        assert child.data.metrics["inner_metric"] == pytest.approx(2 * x)
+        assert child.data.tags["inner_tag"] == "from the objective"
+        note = tracking_server.client.download_artifacts(child.info.run_id, "note.txt")
+        assert float(open(note).read().removeprefix("x=")) == pytest.approx(x)
+        assert child.info.status == "FINISHED"
+    for child in by_fmin[second_uuid]:
+        trial = trial_of(second, child)
+        assert trial["result"]["run_id"] == child.info.run_id
+        assert child.data.metrics["inside_start_run"] == pytest.approx(trial["misc"]["vals"]["x"][0])
+        assert child.info.status == "FINISHED"
+    assert len(tracking_server.runs()) == 1 + 3 + 4
+
+
+# -- failures and cancellations --------------------------------------------------------------------
+def test_failed_trials_are_failed_child_runs_with_the_remote_traceback(
+    spark: Any, tracking_server: Tracking
+) -> None:
+    space = {"mode": hp.choice("mode", ["ok", "raise", "fail"]), "x": hp.uniform("x", 0, 1)}
+    trials, _ = run_fmin(spark, raises_fails_or_succeeds, space, max_evals=6, seed=1)
+
+    parent, children = tracking_server.parent_and_children()
+    modes = {}
+    for run in children:
+        trial = trial_of(trials, run)
+        mode = ["ok", "raise", "fail"][trial["misc"]["vals"]["mode"][0]]
+        modes[run.info.run_id] = mode
+        assert run.data.params["mode"] == mode
+        if mode == "ok":
+            assert (run.info.status, run.data.tags["trial_status"]) == ("FINISHED", "success")
+            assert run.data.metrics["loss"] == pytest.approx(trial["result"]["loss"])
+        elif mode == "fail":  # hyperopt keeps it DONE; its child run says what happened
+            assert (run.info.status, run.data.tags["trial_status"]) == ("FAILED", "failure")
+            assert "loss" not in run.data.metrics
+        else:
+            assert (run.info.status, run.data.tags["trial_status"]) == ("FAILED", "failure")
+            assert run.data.tags["error_type"] == "<class 'ValueError'>"
+            assert run.data.tags["error_message"].startswith("ValueError: bad x")
+            assert "loss" not in run.data.metrics
+            path = tracking_server.client.download_artifacts(run.info.run_id, "error_traceback.txt")
+            text = open(path).read()
+            assert text == trial["misc"]["error"][1]
+            assert "Traceback (most recent call last)" in text and "in raises_fails_or_succeeds" in text
+    assert set(modes.values()) == {"ok", "raise", "fail"}  # the seed covers every case
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["failed_trials_count"] == list(modes.values()).count("raise")
+    assert parent.data.metrics["successful_trials_count"] == 6 - list(modes.values()).count("raise")
+
+
+def test_trials_cancelled_by_the_timeout_are_killed_child_runs(spark: Any, tracking_server: Tracking) -> None:
+    space = {"sleep": hp.choice("sleep", [0, 60])}
+    started = time.monotonic()
+    trials, _ = run_fmin(spark, sleeps, space, max_evals=2, seed=7, timeout=4)
+    assert time.monotonic() - started < 30
+
+    assert trials.fmin_cancelled_reason == "fmin run timeout"
+    parent, children = tracking_server.parent_and_children()
+    slept = {r.info.run_id: [0, 60][trial_of(trials, r)["misc"]["vals"]["sleep"][0]] for r in children}
+    assert sorted(slept.values()) == [0, 60]  # the seed's two points
+    for run in children:
+        if slept[run.info.run_id] == 60:
+            assert (run.info.status, run.data.tags["trial_status"]) == ("KILLED", "cancelled")
+        else:
+            assert (run.info.status, run.data.tags["trial_status"]) == ("FINISHED", "success")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["cancelled_trials_count"] == 1
+    assert parent.data.metrics["successful_trials_count"] == 1
+    assert parent.data.params["timeout"] == "4"
+
+
+# -- switches ----------------------------------------------------------------------------------------
+def test_mlflow_tracking_false_records_nothing_and_hands_workers_no_run(
+    spark: Any, tracking_server: Tracking
+) -> None:
+    trials, _ = run_fmin(spark, reports_mlflow_state, X_SPACE, max_evals=2, mlflow_tracking=False)
+    assert tracking_server.runs() == []
+    assert all("MLFLOW_RUN_ID" not in t["result"]["mlflow_env"] for t in trials.trials)
+
+
+def test_the_spark_conf_turns_tracking_off_unless_mlflow_tracking_is_true(
+    spark: Any, tracking_server: Tracking
+) -> None:
+    spark.conf.set(tracking.TRACKING_CONF, "false")
+    try:
+        run_fmin(spark, lambda p: p["x"], X_SPACE, max_evals=2)
+        assert tracking_server.runs() == []
+        run_fmin(spark, lambda p: p["x"], X_SPACE, max_evals=2, mlflow_tracking=True)
+        parent, children = tracking_server.parent_and_children()
+        assert len(children) == 2
+    finally:
+        spark.conf.unset(tracking.TRACKING_CONF)
+    run_fmin(spark, lambda p: p["x"], X_SPACE, max_evals=2)
+    assert len(tracking_server.runs()) == 2 * (1 + 2)
+
+
+# -- the worker shim ---------------------------------------------------------------------------------
+def test_reused_python_workers_carry_no_mlflow_state_from_one_fmin_into_the_next(
+    spark: Any, tracking_server: Tracking, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", SECRET)
+    with captured_log() as log:
+        first, _ = run_fmin(spark, sets_uri_and_experiment_then_logs, X_SPACE, max_evals=4, seed=1)
+        # Into another experiment: a set_experiment left over from the first fmin would make
+        # MLflow refuse to resume the child run.
+        second_experiment = tracking_server.new_experiment(monkeypatch)
+        second, _ = run_fmin(spark, logs_a_param, X_SPACE, max_evals=4, seed=2)
+        monkeypatch.delenv("MLFLOW_TRACKING_TOKEN")
+        third, _ = run_fmin(spark, reports_mlflow_state, X_SPACE, max_evals=4, seed=3, mlflow_tracking=False)
+
+    assert all(t["result"]["token_seen"] for t in first.trials)  # credentials reach the worker
+    for trials, experiment_id in ((first, tracking_server.experiment_id), (second, second_experiment)):
+        assert trials.count_successful_trials() == 4
+        _, children = tracking_server.parent_and_children(experiment_id)
+        for child in children:
+            x = trial_of(trials, child)["misc"]["vals"]["x"][0]
+            assert float(child.data.params["inner_param"]) == pytest.approx(x)
+    for trial in third.trials:
+        state = trial["result"]
+        assert not {"MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"} & set(state["mlflow_env"])
+        assert not state["token_present"]
+        assert state["tracking_uri"] != tracking_server.uri
+        assert not state["active_run"]
+    tracked_pids = {t["result"]["pid"] for t in first.trials + second.trials}
+    assert tracked_pids & {t["result"]["pid"] for t in third.trials}, "no worker was reused: vacuous"
+    # The credentials went to the workers, not into any log or run.
+    assert SECRET not in log.getvalue()
+    for run in tracking_server.runs() + tracking_server.runs(second_experiment):
+        assert SECRET not in str(run.data.params) + str(run.data.tags)
+
+
+# -- resilience ---------------------------------------------------------------------------------------
+def test_an_unreachable_tracking_server_only_warns_and_fmin_finds_the_same_best(
+    spark: Any, tracking_server: Tracking
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{port}")
+    with captured_log() as log:
+        started = time.monotonic()
+        trials, best = run_fmin(spark, reports_mlflow_state, X_SPACE, max_evals=4, seed=5)
+        elapsed = time.monotonic() - started
+    _, untracked_best = run_fmin(
+        spark, reports_mlflow_state, X_SPACE, max_evals=4, seed=5, mlflow_tracking=False
+    )
+
+    assert best == untracked_best
+    assert trials.count_successful_trials() == 4
+    assert all("MLFLOW_RUN_ID" not in t["result"]["mlflow_env"] for t in trials.trials)
+    assert "MLflow tracking is off for the rest of this fmin" in log.getvalue()
+    assert log.getvalue().count("MLflow tracking is off") == 1
+    assert elapsed < 30  # MLflow alone would retry the closed port for minutes
+
+
+def test_a_tracking_server_that_never_answers_cannot_stall_fmin(
+    spark: Any, tracking_server: Tracking, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tracking, "_CALL_TIMEOUT_S", 1.0)
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        mlflow.set_tracking_uri(f"http://127.0.0.1:{silent.getsockname()[1]}")
+        with captured_log() as log:
+            started = time.monotonic()
+            trials, _ = run_fmin(spark, lambda p: p["x"], X_SPACE, max_evals=2)
+            elapsed = time.monotonic() - started
+    assert trials.count_successful_trials() == 2
+    assert "MLflow did not answer within 1 s" in log.getvalue()
+    assert elapsed < 15
+
+
+def test_tracking_that_breaks_during_fmin_stops_and_the_remaining_trials_run_untracked(
+    spark: Any, tracking_server: Tracking, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_child = tracking.MlflowTracker._create_child
+    created: list[int] = []
+
+    def fails_after_two(self: tracking.MlflowTracker, tid: int) -> str:
+        if len(created) == 2:
+            raise ConnectionError("tracking server went away")
+        created.append(tid)
+        return create_child(self, tid)
+
+    monkeypatch.setattr(tracking.MlflowTracker, "_create_child", fails_after_two)
+    with captured_log() as log:
+        trials, _ = run_fmin(spark, reports_mlflow_state, X_SPACE, max_evals=5, parallelism=1)
+
+    assert trials.count_successful_trials() == 5
+    tracked = [t["tid"] for t in trials.trials if "MLFLOW_RUN_ID" in t["result"]["mlflow_env"]]
+    assert tracked == created == [0, 1]
+    assert log.getvalue().count("MLflow tracking is off for the rest of this fmin") == 1
+    assert "ConnectionError: tracking server went away" in log.getvalue()
+    _, children = tracking_server.parent_and_children()
+    assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1"]
+
+
+def test_a_write_mlflow_refuses_is_one_warning_and_tracking_goes_on(
+    spark: Any, tracking_server: Tracking, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    def refused(self: tracking.MlflowTracker, run_id: str, vals: dict[str, Any]) -> None:
+        raise MlflowException("Changing param values is not allowed.", error_code=INVALID_PARAMETER_VALUE)
+
+    monkeypatch.setattr(tracking.MlflowTracker, "_log_child_params", refused)
+    with captured_log(level=logging.WARNING) as log:
+        trials, _ = run_fmin(spark, lambda p: p["x"], X_SPACE, max_evals=3)
+
+    assert log.getvalue().count("MLflow refused part of this fmin's tracking") == 1
+    assert "MLflow tracking is off" not in log.getvalue()
+    parent, children = tracking_server.parent_and_children()
+    assert parent.info.status == "FINISHED" and parent.data.metrics["total_trials_count"] == 3
+    assert sorted(run.data.tags["trial_status"] for run in children) == ["success"] * 3
