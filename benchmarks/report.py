@@ -29,7 +29,8 @@ _LEGEND = {
     "efficiency": "ideal / actual wall time (trials sleep 1 s)",
     "model": "wall time; best loss (1 - CV accuracy), medians over seeds",
     "scale": "wall time; client peak RSS; last-50 / first-50 per-trial overhead (suggestion excluded)",
-    "payload": "wall time per trial; bytes the client sent per trial",
+    "payload": "median time of one trial, submitted to result back (and the run's wall time); bytes the "
+    "client sent per trial (+ artifacts uploaded once per search)",
 }
 
 
@@ -104,9 +105,12 @@ def _cell_text(cell: Cell | None, suite: SuiteResult, system: str) -> str:
             text += "; overhead ~0"
         return text
     if name == "payload":
-        text = _range(stat("per_trial_s"), "s/trial", 2)  # type: ignore[arg-type]
-        sent = stat("bytes_per_trial")
-        return text + (f"; {_bytes(sent.median)}/trial" if sent else "; bytes n/a")
+        latency, wall = stat("trial_latency_s"), stat("wall_s")
+        text = f"{latency.median:.2f} s/trial" if latency else "latency n/a"
+        text += f" (wall {wall.median:.1f} s)" if wall else ""
+        sent, once = stat("bytes_per_trial"), stat("bytes_once")
+        text += f"; {_bytes(sent.median)}/trial" if sent else "; bytes n/a"
+        return text + (f" + {_bytes(once.median)} once" if once and once.median > 0 else "")
     return "?"
 
 
@@ -172,7 +176,12 @@ def _targets(checks: list[TargetCheck]) -> list[str]:
 
 
 def _notes(suite: SuiteResult) -> list[str]:
-    notes = list(suite.notes)
+    notes = [
+        f"{w.key}: {', '.join(s for s in w.once if s in w.systems)} ran once, the others {w.repeats} times"
+        for w in suite.plan
+        if w.repeats > 1 and any(s in w.systems for s in w.once)
+    ]
+    notes += suite.notes
     notes += [f"{system} did not run: {why}" for system, why in suite.unavailable.items()]
     notes += [
         f"{f['system']} on {f['workload']} (seed {f['seed']}) failed: {f['error']}" for f in suite.failures

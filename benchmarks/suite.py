@@ -126,7 +126,7 @@ def _run_plan(
                 + workload.systems[: repeat % len(workload.systems)]
             )
             for system in order:
-                if system in suite.unavailable:
+                if system in suite.unavailable or (repeat > 0 and system in workload.once):
                     continue
                 warm_key = (system, workload.name == "model")
                 if warm_key not in warmed:

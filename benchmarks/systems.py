@@ -216,7 +216,13 @@ def run_mlflow_optuna(workload: Workload, seed: int, env: BenchEnv) -> RunResult
     name = f"{workload.key}-{seed}-{uuid.uuid4().hex[:8]}"
     experiment_id = _use_tracking_store(env, experiment=f"optuna-{name}")
     objective = workload.optuna_objective()
-    result = RunResult(wl.MLFLOW_OPTUNA, workload.key, seed, 0.0, bytes_note="gRPC request bytes")
+    result = RunResult(
+        wl.MLFLOW_OPTUNA,
+        workload.key,
+        seed,
+        0.0,
+        bytes_note="gRPC request bytes; one job runs every trial, so its plan is sent once per search",
+    )
     with Probe(env.request_bytes) as probe:
         study = MlflowSparkStudy(
             name,
@@ -385,7 +391,6 @@ def run_ray_tune_here(workload: Workload, seed: int, env: BenchEnv) -> RunResult
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=workload.parallelism),
             num_samples=workload.n_trials,
-            max_concurrent_trials=workload.parallelism,
         ),
         run_config=tune.RunConfig(
             storage_path=str(env.work_dir / "ray-results"), verbose=0, callbacks=[CompletionTimes()]
