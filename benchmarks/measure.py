@@ -226,4 +226,24 @@ def fill_from_hyperopt(result: RunResult, trials: Any, t0: float) -> RunResult:
     ]
     losses = [t["result"]["loss"] for t in ok if t["result"].get("loss") is not None]
     result.best_loss = min(losses) if losses else None
+    result.extras.update(_trial_phases(finished))
     return result
+
+
+def _trial_phases(finished: list[dict[str, Any]]) -> dict[str, float]:
+    """Where one trial's time goes, for trials that carry worker-side timestamps
+    (connect-trials stores them in ``misc["connect_trials"]``): booked on the client -> the
+    objective starts on the worker -> it ends -> the result is recorded on the client.
+    Medians over the run's trials; one machine, one clock."""
+    import statistics
+
+    phases: dict[str, list[float]] = {"to_worker_s": [], "objective_s": [], "back_s": []}
+    for trial in finished:
+        stamps = trial["misc"].get("connect_trials") or {}
+        started, ended = stamps.get("started_at"), stamps.get("finished_at")
+        if started is None or ended is None or trial.get("book_time") is None:
+            continue
+        phases["to_worker_s"].append(started - utc_seconds(trial["book_time"]))
+        phases["objective_s"].append(ended - started)
+        phases["back_s"].append(utc_seconds(trial["refresh_time"]) - ended)
+    return {f"median_{name}": statistics.median(values) for name, values in phases.items() if values}

@@ -61,7 +61,8 @@ def markdown(suite: SuiteResult, cells: dict[tuple[str, str], Cell], checks: lis
             f"Floor: one trivial single-task `spark.range(0, 1, 1, 1).mapInPandas(...)` job over the same "
             f"Spark Connect server takes {_range(floor, 's', 3)} (median of {floor.n}, one at a time)."
         )
-    lines += _scale_details(cells) + _payload_details(suite, cells) + _targets(checks) + _notes(suite)
+    lines += _scale_details(cells) + _payload_details(suite, cells) + _phase_details(suite, cells)
+    lines += _targets(checks) + _notes(suite)
     return "\n".join(lines) + "\n"
 
 
@@ -167,6 +168,34 @@ def _payload_details(suite: SuiteResult, cells: dict[tuple[str, str], Cell]) -> 
         texts = [_cell_text(c, suite, system) for c in present]
         lines.append(f"| {system} | " + " | ".join(texts) + f" | {note} |")
     return lines
+
+
+def _phase_details(suite: SuiteResult, cells: dict[tuple[str, str], Cell]) -> list[str]:
+    """connect-trials' trials, split by the worker's own timestamps (medians of medians)."""
+    rows = []
+    for workload in suite.plan:
+        for system in (wl.CONNECT_TRIALS, wl.CONNECT_TRIALS_TRACKED):
+            cell = cells.get((system, workload.key))
+            if cell is None:
+                continue
+            phases = [Stat.of([r.extras[k] for r in cell.runs if k in r.extras]) for k in _PHASES]
+            if all(phases):
+                texts = " | ".join(f"{p.median:.3f}" for p in phases if p)
+                rows.append(f"| {system} | {workload.key} | {texts} |")
+    if not rows:
+        return []
+    return [
+        "",
+        "### where a connect-trials trial's time goes (median s; client and worker clocks are one)",
+        "",
+        "| system | workload | booked -> objective starts on the worker | objective | "
+        "objective ends -> result recorded |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+_PHASES = ("median_to_worker_s", "median_objective_s", "median_back_s")
 
 
 def _targets(checks: list[TargetCheck]) -> list[str]:

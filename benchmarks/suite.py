@@ -50,6 +50,7 @@ class SuiteResult:
     unavailable: dict[str, str] = field(default_factory=dict)  # system -> why it did not run
     failures: list[dict[str, str]] = field(default_factory=list)  # one failed run each
     notes: list[str] = field(default_factory=list)
+    cut: dict[str, int] = field(default_factory=dict)  # workload key -> repeats run, when cut
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -62,7 +63,7 @@ def run_suite(
     floor_jobs: int = FLOOR_LATENCY_JOBS,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> SuiteResult:
-    """Run ``plan``. Past ``budget_s`` seconds, repeats after the first are dropped (and said so).
+    """Run ``plan``. Repeats that would end past ``budget_s`` seconds are dropped (and said so).
     With a given ``spark``, request bytes are counted only if its channel carries
     ``request_bytes``."""
     started = time.time()
@@ -110,57 +111,80 @@ def _run_plan(
     budget_s: float | None,
     log: Callable[[str], None],
 ) -> None:
+    """Round r runs repeat r of every workload that has one, so a budget cut drops whole late
+    rounds (fewer repeats) and never a workload."""
     warmed: set[tuple[str, bool]] = set()
-    for workload in plan:
-        for repeat in range(workload.repeats):
-            if repeat > 0 and budget_s is not None and time.time() - started > budget_s:
+    first_round_s: dict[str, float] = {}
+    for repeat in range(max(w.repeats for w in plan)):
+        for workload in plan:
+            if repeat >= workload.repeats or workload.key in suite.cut:
+                continue
+            projected = time.time() - started + first_round_s.get(workload.key, 0.0)
+            if repeat > 0 and budget_s is not None and projected > budget_s:
+                suite.cut[workload.key] = repeat
                 suite.notes.append(
                     f"{workload.key}: {repeat} of {workload.repeats} repeats run; the rest were cut "
                     f"to stay within the {budget_s / 60:.0f}-minute budget"
                 )
-                break
-            seed = 1000 + repeat
-            # Rotate the order each repeat so no system always runs right after the same one.
-            order = (
-                workload.systems[repeat % len(workload.systems) :]
-                + workload.systems[: repeat % len(workload.systems)]
-            )
-            for system in order:
-                if system in suite.unavailable or (repeat > 0 and system in workload.once):
-                    continue
-                warm_key = (system, workload.name == "model")
-                if warm_key not in warmed:
-                    try:
-                        RUNNERS[system](_warm_up_copy(workload), seed, env)
-                    except Exception as exc:  # noqa: BLE001 - cannot run here: say why, go on
-                        suite.unavailable[system] = f"its warm-up run failed: {_last_line(exc)}"
-                        log(f"{system}: unavailable: {suite.unavailable[system]}")
-                        log(traceback.format_exc())
-                        continue
-                    warmed.add(warm_key)
-                try:
-                    result = RUNNERS[system](workload, seed, env)
-                except SystemUnavailableError as exc:
-                    suite.unavailable[system] = str(exc)
-                    log(f"{system}: unavailable: {exc}")
-                    continue
-                except Exception as exc:  # noqa: BLE001 - one failed run must not end the suite
-                    suite.failures.append(
-                        {
-                            "system": system,
-                            "workload": workload.key,
-                            "seed": str(seed),
-                            "error": _last_line(exc),
-                        }
-                    )
-                    log(f"{system} on {workload.key} failed: {_last_line(exc)}")
-                    log(traceback.format_exc())
-                    continue
-                suite.runs.append(result)
-                log(
-                    f"[{time.time() - started:6.0f} s] {workload.key:<14} seed {seed} {system:<24} "
-                    f"wall {result.wall_s:7.2f} s, {result.n_ok}/{workload.n_trials} ok"
-                )
+                continue
+            round_started = time.time()
+            _run_repeat(workload, repeat, env, suite, warmed, started, log)
+            first_round_s.setdefault(workload.key, time.time() - round_started)
+
+
+def _run_repeat(
+    workload: Workload,
+    repeat: int,
+    env: BenchEnv,
+    suite: SuiteResult,
+    warmed: set[tuple[str, bool]],
+    started: float,
+    log: Callable[[str], None],
+) -> None:
+    seed = 1000 + repeat
+    # Rotate the order each repeat so no system always runs right after the same one.
+    shift = repeat % len(workload.systems)
+    for system in workload.systems[shift:] + workload.systems[:shift]:
+        if system in suite.unavailable or (repeat > 0 and system in workload.once):
+            continue
+        warm_key = (system, workload.name == "model")
+        if warm_key not in warmed:
+            try:
+                RUNNERS[system](_warm_up_copy(workload), seed, env)
+            except Exception as exc:  # noqa: BLE001 - cannot run here: say why, go on
+                suite.unavailable[system] = f"its warm-up run failed: {_last_line(exc)}"
+                log(f"{system}: unavailable: {suite.unavailable[system]}")
+                log(traceback.format_exc())
+                continue
+            warmed.add(warm_key)
+        try:
+            result = RUNNERS[system](workload, seed, env)
+        except SystemUnavailableError as exc:
+            suite.unavailable[system] = str(exc)
+            log(f"{system}: unavailable: {exc}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - one failed run must not end the suite
+            failure = {
+                "system": system,
+                "workload": workload.key,
+                "seed": str(seed),
+                "error": _last_line(exc),
+            }
+            suite.failures.append(failure)
+            log(f"{system} on {workload.key} failed: {_last_line(exc)}")
+            log(traceback.format_exc())
+            if system in CONNECT_SYSTEMS and not _server_answers(env.spark_for(system)):
+                why = f"the Spark Connect server stopped during {system} on {workload.key}"
+                why += _server_log_cause(env)
+                for connect_system in CONNECT_SYSTEMS:
+                    suite.unavailable.setdefault(connect_system, why)
+                log(why)
+            continue
+        suite.runs.append(result)
+        log(
+            f"[{time.time() - started:6.0f} s] {workload.key:<14} seed {seed} {system:<24} "
+            f"wall {result.wall_s:7.2f} s, {result.n_ok}/{workload.n_trials} ok"
+        )
 
 
 def _server_answers(spark: Any) -> bool:
