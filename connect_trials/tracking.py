@@ -34,7 +34,8 @@ its Python worker is killed; MLflow calls it makes then can still change its chi
 
 Tracking never fails or stalls an fmin. The only MLflow call on the submission path is the
 child run's ``create_run``; everything else runs in order on a background thread that gives
-way to run creation and that ``fmin_finished`` waits for. Callers wait at most
+way to run creation and that ``fmin_finished`` waits for. A child's params are logged while
+its trial runs, or together with its outcome when that thread is behind. Callers wait at most
 ``_CALL_TIMEOUT_S`` for any call (MLflow itself retries an unreachable server for minutes),
 an HTTP server that refuses connections is noticed before the first trial, and after the
 first failure tracking stops for the rest of that fmin with one warning on the
@@ -201,7 +202,11 @@ class MlflowTracker(FminTracker):
         self._worker_env: dict[str, str] = {}
         self._hyperparameters: _Hyperparameters | None = None
         self._child_runs: dict[int, tuple[str, dict[str, Any]]] = {}  # tid -> (run id, trial)
-        self._ended: set[int] = set()
+        self._ended: set[int] = set()  # tids
+        # A child's params wait here until they are logged: on their own while the trial
+        # runs, or in the batch with its outcome when logging is behind (one write fewer).
+        self._unlogged_params: dict[str, dict[str, list[Any]]] = {}
+        self._finished_runs: set[str] = set()
         self._refused = False
         self._names: dict[str, str] = {}  # parent names -> the names this fmin writes
         self._n_finished = 0
@@ -241,7 +246,8 @@ class MlflowTracker(FminTracker):
             self._disable(exc)
             return {}
         self._child_runs[tid] = (run_id, trial)
-        self._log_later(self._log_child_params, run_id, dict(trial["misc"]["vals"]))
+        self._unlogged_params[run_id] = dict(trial["misc"]["vals"])
+        self._log_later(self._log_child_params, run_id)
         return {**self._worker_env, "MLFLOW_RUN_ID": run_id}
 
     def trial_finished(self, trial: dict[str, Any], best_loss: float) -> None:
@@ -260,6 +266,7 @@ class MlflowTracker(FminTracker):
         if started is None:  # failed before its job (its point could not be resolved)
             self._log_later(self._log_unstarted_child, tid, dict(trial["misc"]["vals"]), outcome)
         else:
+            self._finished_runs.add(started[0])
             self._log_later(self._end_child, started[0], outcome)
 
     def fmin_finished(self, trials: Any, error: BaseException | None) -> None:
@@ -267,6 +274,7 @@ class MlflowTracker(FminTracker):
             if self._broken.is_set() or self._parent_run_id is None:
                 return
             for run_id, trial in self._child_runs.values():  # e.g. abandoned with a dead server
+                self._finished_runs.add(run_id)
                 self._log_later(self._end_child, run_id, _child_outcome(trial))
             self._child_runs.clear()
             counts = {
@@ -352,9 +360,17 @@ class MlflowTracker(FminTracker):
         if len(space) > _MAX_TAG_CHARS:
             self._client.log_text(self._parent_run_id, space, f"{self._names['space']}.txt")
 
-    def _log_child_params(self, run_id: str, vals: dict[str, list[Any]]) -> None:
-        assert self._hyperparameters is not None
-        self._log_batch(run_id, params=self._hyperparameters.params(vals))
+    def _log_child_params(self, run_id: str) -> None:
+        if run_id in self._finished_runs:
+            return  # the batch with the trial's outcome takes them
+        vals = self._unlogged_params.pop(run_id, None)
+        if vals:
+            self._log_batch(run_id, params=self._child_params(vals))
+
+    def _child_params(self, vals: dict[str, list[Any]] | None) -> dict[str, str]:
+        if not vals or self._hyperparameters is None:
+            return {}
+        return self._hyperparameters.params(vals)
 
     def _log_best_loss(self, loss: float, step: int) -> None:
         self._client.log_metric(self._parent_run_id, self._names[_BEST_LOSS_METRIC], loss, step=step)
@@ -369,14 +385,15 @@ class MlflowTracker(FminTracker):
         if outcome.trial_status == TRIAL_FAILURE and outcome.error_type:
             tags["error_type"] = _truncated(outcome.error_type)
             tags["error_message"] = _truncated(_last_line(outcome.error_text))
-        self._log_batch(run_id, tags=tags, metrics=metrics)
+        params = self._child_params(self._unlogged_params.pop(run_id, None))
+        self._log_batch(run_id, params=params, tags=tags, metrics=metrics)
         if outcome.error_text:
             self._client.log_text(run_id, outcome.error_text, "error_traceback.txt")
         self._terminate_quietly(run_id, outcome.run_status)
 
     def _log_unstarted_child(self, tid: int, vals: dict[str, list[Any]], outcome: _ChildOutcome) -> None:
         run_id = self._create_child(tid)
-        self._log_child_params(run_id, vals)
+        self._unlogged_params[run_id] = vals
         self._end_child(run_id, outcome)
 
     def _log_counts(self, counts: dict[str, int]) -> None:

@@ -535,7 +535,7 @@ def test_a_write_mlflow_refuses_is_one_warning_and_tracking_goes_on(
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-    def refused(self: tracking.MlflowTracker, run_id: str, vals: dict[str, Any]) -> None:
+    def refused(self: tracking.MlflowTracker, run_id: str) -> None:
         raise MlflowException("Changing param values is not allowed.", error_code=INVALID_PARAMETER_VALUE)
 
     monkeypatch.setattr(tracking.MlflowTracker, "_log_child_params", refused)
@@ -547,3 +547,34 @@ def test_a_write_mlflow_refuses_is_one_warning_and_tracking_goes_on(
     parent, children = tracking_server.parent_and_children()
     assert parent.info.status == "FINISHED" and parent.data.metrics["total_trials_count"] == 3
     assert sorted(run.data.tags["trial_status"] for run in children) == ["success"] * 3
+
+
+def test_params_of_trials_that_end_before_logging_catches_up_arrive_with_their_outcome(
+    spark: Any, tracking_server: Tracking, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    all_finished = threading.Event()
+    finished: list[int] = []
+    trial_finished = tracking.MlflowTracker.trial_finished
+    log_parent_settings = tracking.MlflowTracker._log_parent_settings
+
+    def counting(self: tracking.MlflowTracker, trial: dict[str, Any], best_loss: float) -> None:
+        trial_finished(self, trial, best_loss)
+        finished.append(trial["tid"])
+        if len(finished) == 3:
+            all_finished.set()
+
+    def held_back(self: tracking.MlflowTracker, settings: Any) -> None:
+        assert all_finished.wait(60)  # the logging thread starts only once every trial ended
+        log_parent_settings(self, settings)
+
+    monkeypatch.setattr(tracking.MlflowTracker, "trial_finished", counting)
+    monkeypatch.setattr(tracking.MlflowTracker, "_log_parent_settings", held_back)
+    trials, _ = run_fmin(spark, lambda p: p["x"], X_SPACE, max_evals=3)
+
+    _, children = tracking_server.parent_and_children()
+    assert len(children) == 3
+    for run in children:
+        assert float(run.data.params["x"]) == pytest.approx(trial_of(trials, run)["misc"]["vals"]["x"][0])
+        assert run.data.tags["trial_status"] == "success"
