@@ -29,7 +29,7 @@ _LEGEND = {
     "efficiency": "ideal / actual wall time (trials sleep 1 s)",
     "model": "wall time; best loss (1 - CV accuracy), medians over seeds",
     "scale": "wall time; client peak RSS; last-50 / first-50 per-trial overhead (suggestion excluded)",
-    "payload": "median time of one trial, submitted to result back (and the run's wall time); bytes the "
+    "payload": "wall time per trial (median time of one trial, submitted to result back); bytes the "
     "client sent per trial (+ artifacts uploaded once per search)",
 }
 
@@ -106,9 +106,9 @@ def _cell_text(cell: Cell | None, suite: SuiteResult, system: str) -> str:
             text += "; overhead ~0"
         return text
     if name == "payload":
-        latency, wall = stat("trial_latency_s"), stat("wall_s")
-        text = f"{latency.median:.2f} s/trial" if latency else "latency n/a"
-        text += f" (wall {wall.median:.1f} s)" if wall else ""
+        per_trial, latency = stat("per_trial_s"), stat("trial_latency_s")
+        text = f"{per_trial.median:.2f} s/trial" if per_trial else "–"
+        text += f" (one trial {latency.median:.2f} s)" if latency else ""
         sent, once = stat("bytes_per_trial"), stat("bytes_once")
         text += f"; {_bytes(sent.median)}/trial" if sent else "; bytes n/a"
         return text + (f" + {_bytes(once.median)} once" if once and once.median > 0 else "")

@@ -312,7 +312,10 @@ def _engine_revision() -> str:
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return f"{package} (not in a git work tree)"
+        # A copy exported with `git archive` (to measure a commit while its tree is being
+        # edited) can say which commit it is.
+        exported = os.environ.get("BENCH_ENGINE_REVISION")
+        return f"{exported} (exported copy)" if exported else f"{package} (not in a git work tree)"
     return f"{commit}{' with uncommitted changes to connect_trials/' if dirty else ''}"
 
 
