@@ -115,21 +115,26 @@ def _run_plan(
     rounds (fewer repeats) and never a workload."""
     warmed: set[tuple[str, bool]] = set()
     first_round_s: dict[str, float] = {}
-    for repeat in range(max(w.repeats for w in plan)):
-        for workload in plan:
-            if repeat >= workload.repeats or workload.key in suite.cut:
-                continue
-            projected = time.time() - started + first_round_s.get(workload.key, 0.0)
-            if repeat > 0 and budget_s is not None and projected > budget_s:
-                suite.cut[workload.key] = repeat
-                suite.notes.append(
-                    f"{workload.key}: {repeat} of {workload.repeats} repeats run; the rest were cut "
-                    f"to stay within the {budget_s / 60:.0f}-minute budget"
-                )
-                continue
-            round_started = time.time()
-            _run_repeat(workload, repeat, env, suite, warmed, started, log)
-            first_round_s.setdefault(workload.key, time.time() - round_started)
+    schedule = [(r, w) for r in range(max(w.repeats for w in plan)) for w in plan if r < w.repeats]
+    for step, (repeat, workload) in enumerate(schedule):
+        # A child process (a JVM, a Ray cluster) idles on the same 2 cores: end it once no
+        # later run needs it.
+        env.release_children_except(
+            {s for r, w in schedule[step:] for s in w.systems if r == 0 or s not in w.once}
+        )
+        if workload.key in suite.cut:
+            continue
+        projected = time.time() - started + first_round_s.get(workload.key, 0.0)
+        if repeat > 0 and budget_s is not None and projected > budget_s:
+            suite.cut[workload.key] = repeat
+            suite.notes.append(
+                f"{workload.key}: {repeat} of {workload.repeats} repeats run; the rest were cut "
+                f"to stay within the {budget_s / 60:.0f}-minute budget"
+            )
+            continue
+        round_started = time.time()
+        _run_repeat(workload, repeat, env, suite, warmed, started, log)
+        first_round_s.setdefault(workload.key, time.time() - round_started)
 
 
 def _run_repeat(

@@ -79,10 +79,13 @@ class BenchEnv:
             self.children[system] = IsolatedSystem(system, self.work_dir)
         return self.children[system]
 
+    def release_children_except(self, systems: set[str]) -> None:
+        """Stop the child processes of systems not in ``systems``."""
+        for system in [s for s in self.children if s not in systems]:
+            self.children.pop(system).close()
+
     def close(self) -> None:
-        for child in self.children.values():
-            child.close()
-        self.children.clear()
+        self.release_children_except(set())
 
 
 Runner = Callable[[Workload, int, BenchEnv], RunResult]
