@@ -358,7 +358,7 @@ class MlflowTracker(FminTracker):
             tags={self._names[k]: v for k, v in tags.items()},
         )
         if len(space) > _MAX_TAG_CHARS:
-            self._client.log_text(self._parent_run_id, space, f"{self._names['space']}.txt")
+            self._log_text(self._parent_run_id, space, f"{self._names['space']}.txt")
 
     def _log_child_params(self, run_id: str) -> None:
         if run_id in self._finished_runs:
@@ -386,9 +386,15 @@ class MlflowTracker(FminTracker):
             tags["error_type"] = _truncated(outcome.error_type)
             tags["error_message"] = _truncated(_last_line(outcome.error_text))
         params = self._child_params(self._unlogged_params.pop(run_id, None))
-        self._log_batch(run_id, params=params, tags=tags, metrics=metrics)
+        try:
+            self._log_batch(run_id, params=params, tags=tags, metrics=metrics)
+        except Exception as exc:
+            if not (params and _is_refusal(exc)):
+                raise
+            self._refuse(exc)  # say, the objective logged one of these params with another value
+            self._log_batch(run_id, tags=tags, metrics=metrics)
         if outcome.error_text:
-            self._client.log_text(run_id, outcome.error_text, "error_traceback.txt")
+            self._log_text(run_id, outcome.error_text, "error_traceback.txt")
         self._terminate_quietly(run_id, outcome.run_status)
 
     def _log_unstarted_child(self, tid: int, vals: dict[str, list[Any]], outcome: _ChildOutcome) -> None:
@@ -402,6 +408,14 @@ class MlflowTracker(FminTracker):
         now = int(time.time() * 1000)
         metrics = [Metric(self._names[k], float(v), now, 0) for k, v in counts.items()]
         self._log_batch(self._parent_run_id, metrics=metrics)
+
+    def _log_text(self, run_id: str | None, text: str, name: str) -> None:
+        """An artifact that only complements a tag: the artifact store (which may need
+        credentials the tracking server does not) failing to take it costs a warning."""
+        try:
+            self._client.log_text(run_id, text, name)
+        except Exception as exc:  # noqa: BLE001
+            self._refuse(exc)
 
     def _end_parent(self, status: str) -> None:
         self._client.set_terminated(self._parent_run_id, status)

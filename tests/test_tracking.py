@@ -549,28 +549,34 @@ def test_a_write_mlflow_refuses_is_one_warning_and_tracking_goes_on(
     assert sorted(run.data.tags["trial_status"] for run in children) == ["success"] * 3
 
 
-def test_params_of_trials_that_end_before_logging_catches_up_arrive_with_their_outcome(
-    spark: Any, tracking_server: Tracking, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def hold_logging_until_trials_end(monkeypatch: pytest.MonkeyPatch, n_trials: int) -> None:
+    """Keep the tracker's logging thread waiting until ``n_trials`` trials have ended, so
+    each child's params go out in the batch with its outcome."""
     import threading
 
-    all_finished = threading.Event()
-    finished: list[int] = []
+    all_ended = threading.Event()
+    ended: list[int] = []
     trial_finished = tracking.MlflowTracker.trial_finished
     log_parent_settings = tracking.MlflowTracker._log_parent_settings
 
     def counting(self: tracking.MlflowTracker, trial: dict[str, Any], best_loss: float) -> None:
         trial_finished(self, trial, best_loss)
-        finished.append(trial["tid"])
-        if len(finished) == 3:
-            all_finished.set()
+        ended.append(trial["tid"])
+        if len(ended) == n_trials:
+            all_ended.set()
 
     def held_back(self: tracking.MlflowTracker, settings: Any) -> None:
-        assert all_finished.wait(60)  # the logging thread starts only once every trial ended
+        assert all_ended.wait(60)
         log_parent_settings(self, settings)
 
     monkeypatch.setattr(tracking.MlflowTracker, "trial_finished", counting)
     monkeypatch.setattr(tracking.MlflowTracker, "_log_parent_settings", held_back)
+
+
+def test_params_of_trials_that_end_before_logging_catches_up_arrive_with_their_outcome(
+    spark: Any, tracking_server: Tracking, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hold_logging_until_trials_end(monkeypatch, 3)
     trials, _ = run_fmin(spark, lambda p: p["x"], X_SPACE, max_evals=3)
 
     _, children = tracking_server.parent_and_children()
@@ -578,3 +584,24 @@ def test_params_of_trials_that_end_before_logging_catches_up_arrive_with_their_o
     for run in children:
         assert float(run.data.params["x"]) == pytest.approx(trial_of(trials, run)["misc"]["vals"]["x"][0])
         assert run.data.tags["trial_status"] == "success"
+
+
+def test_a_param_the_objective_logged_with_another_value_costs_a_warning_not_the_outcome(
+    spark: Any, tracking_server: Tracking, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def logs_x_rounded(point: dict[str, Any]) -> float:
+        import mlflow
+
+        mlflow.log_param("x", round(point["x"], 1))  # tracking's own x is the full value
+        return point["x"]
+
+    hold_logging_until_trials_end(monkeypatch, 2)
+    with captured_log(level=logging.WARNING) as log:
+        run_fmin(spark, logs_x_rounded, X_SPACE, max_evals=2)
+
+    assert log.getvalue().count("MLflow refused part of this fmin's tracking") == 1
+    _, children = tracking_server.parent_and_children()
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["trial_status"] == "success"
+        assert "loss" in run.data.metrics
