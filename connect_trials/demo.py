@@ -2,7 +2,8 @@
 
 Starts the local server if it is not running (and leaves it running for the next time),
 tunes a conditional space of three model families on scikit-learn's digits data with TPE,
-tracks the search in a local MLflow store, and prints the best model and where to look.
+tracks the search in a local MLflow store (a parent run, one child run per trial), and
+prints the best model and where to look.
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ def main(max_evals: int = 24, parallelism: int = 2) -> int:
     trials = ConnectTrials(parallelism=parallelism, spark_session=spark)
     space = search_space()
     started = time.monotonic()
-    best = fmin(objective, space, algo=tpe.suggest, max_evals=max_evals, trials=trials)
+    # fmin tracks itself; an active run becomes the parent of one child run per trial.
+    with mlflow.start_run(run_name="digits-model-search") as parent:
+        best = fmin(objective, space, algo=tpe.suggest, max_evals=max_evals, trials=trials)
     elapsed = time.monotonic() - started
     best_trial = trials.best_trial
     print()
@@ -94,6 +97,7 @@ def main(max_evals: int = 24, parallelism: int = 2) -> int:
     print(f"best parameters: {space_eval(space, best)}")
     print(f"best loss (1 - accuracy): {best_trial['result']['loss']:.4f}")
     print(f"MLflow experiment '{experiment.name}' (id {experiment.experiment_id}) in {tracking_uri}")
+    print(f"parent run {parent.info.run_id} with one child run per trial")
     print(f"open the UI:  mlflow ui --backend-store-uri {tracking_uri}")
     print("stop the server:  make server-stop")
     spark.stop()
