@@ -55,18 +55,32 @@ def captured_log(name: str = "connect_trials", level: int = logging.DEBUG) -> It
 # -- MLflow ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="session", autouse=True)
 def _mlflow_default_tracking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """ConnectTrials tracks every fmin by default: keep the suite's runs out of ./mlflow.db."""
+    """ConnectTrials tracks every fmin by default: keep the suite's runs and artifacts out of
+    the checkout (a sqlite store puts artifacts in ./mlruns unless its experiment says
+    otherwise)."""
     import os
+
+    from mlflow import MlflowClient
 
     if "MLFLOW_TRACKING_URI" in os.environ:
         yield
         return
-    database = tmp_path_factory.mktemp("mlflow-default") / "mlflow.db"
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{database}"
+    root = tmp_path_factory.mktemp("mlflow-default")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    experiment_id = MlflowClient(uri).create_experiment(
+        "connect-trials-tests", artifact_location=(root / "artifacts").as_uri()
+    )
+    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
     try:
         yield
     finally:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
