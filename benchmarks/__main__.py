@@ -30,7 +30,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--budget-min",
         type=float,
-        help="past this many minutes, repeats after the first are cut (default: 22, quick: 4)",
+        help="repeats that would end past this many minutes are cut (default: 24, quick: 4.5)",
     )
     return parser.parse_args(argv)
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if not plan:
         sys.exit("nothing to run: the filters left no workload")
     _quiet_libraries()
-    budget_min = args.budget_min if args.budget_min is not None else (4.0 if args.quick else 22.0)
+    budget_min = args.budget_min if args.budget_min is not None else (4.5 if args.quick else 24.0)
     suite = run_suite(plan, budget_s=budget_min * 60)
     suite.meta["mode"] = "quick" if args.quick else "full"
     cells, checks = report.build(suite)

@@ -114,7 +114,7 @@ def _run_plan(
     """Round r runs repeat r of every workload that has one, so a budget cut drops whole late
     rounds (fewer repeats) and never a workload."""
     warmed: set[tuple[str, bool]] = set()
-    first_round_s: dict[str, float] = {}
+    seconds: dict[tuple[str, str], float] = {}  # (workload key, system) -> its last run, warm-up included
     schedule = [(r, w) for r in range(max(w.repeats for w in plan)) for w in plan if r < w.repeats]
     for step, (repeat, workload) in enumerate(schedule):
         # A child process (a JVM, a Ray cluster) idles on the same 2 cores: end it once no
@@ -124,7 +124,8 @@ def _run_plan(
         )
         if workload.key in suite.cut:
             continue
-        projected = time.time() - started + first_round_s.get(workload.key, 0.0)
+        coming = [s for s in workload.systems if s not in suite.unavailable and s not in workload.once]
+        projected = time.time() - started + sum(seconds.get((workload.key, s), 0.0) for s in coming)
         if repeat > 0 and budget_s is not None and projected > budget_s:
             suite.cut[workload.key] = repeat
             suite.notes.append(
@@ -132,9 +133,7 @@ def _run_plan(
                 f"to stay within the {budget_s / 60:.0f}-minute budget"
             )
             continue
-        round_started = time.time()
-        _run_repeat(workload, repeat, env, suite, warmed, started, log)
-        first_round_s.setdefault(workload.key, time.time() - round_started)
+        _run_repeat(workload, repeat, env, suite, warmed, started, log, seconds)
 
 
 def _run_repeat(
@@ -145,6 +144,7 @@ def _run_repeat(
     warmed: set[tuple[str, bool]],
     started: float,
     log: Callable[[str], None],
+    seconds: dict[tuple[str, str], float],
 ) -> None:
     seed = 1000 + repeat
     # Rotate the order each repeat so no system always runs right after the same one.
@@ -152,6 +152,7 @@ def _run_repeat(
     for system in workload.systems[shift:] + workload.systems[:shift]:
         if system in suite.unavailable or (repeat > 0 and system in workload.once):
             continue
+        began = time.time()
         warm_key = (system, workload.name == "model")
         if warm_key not in warmed:
             try:
@@ -186,6 +187,7 @@ def _run_repeat(
                 log(why)
             continue
         suite.runs.append(result)
+        seconds[(workload.key, system)] = time.time() - began
         log(
             f"[{time.time() - started:6.0f} s] {workload.key:<14} seed {seed} {system:<24} "
             f"wall {result.wall_s:7.2f} s, {result.n_ok}/{workload.n_trials} ok"
