@@ -91,6 +91,8 @@ _FORWARDED_ENV = (
 # unreachable server for minutes), and for a TCP connection to an HTTP tracking server.
 _CALL_TIMEOUT_S = 10.0
 _PROBE_TIMEOUT_S = 2.0
+# How long a finished trial's logging waits for the next trial's run creation to go first.
+_SUBMISSION_GRACE_S = 0.25
 
 # MLflow's limits (mlflow.utils.validation).
 _MAX_PARAM_CHARS = 6000
@@ -212,7 +214,7 @@ class MlflowTracker(FminTracker):
         self._n_finished = 0
         self._best_logged = math.inf
         # Run creation is waited for; everything else is logged in order behind the trials,
-        # and gives way to run creation.
+        # and gives way to run creation (_log_later).
         self._creator = _CallThread("connect-trials-mlflow-runs")
         self._logger = _CallThread("connect-trials-mlflow-log")
 
@@ -260,16 +262,17 @@ class MlflowTracker(FminTracker):
         self._n_finished += 1
         if math.isfinite(best_loss) and best_loss < self._best_logged:
             self._best_logged = best_loss
-            self._log_later(self._log_best_loss, best_loss, self._n_finished)
+            self._log_later(self._log_best_loss, best_loss, self._n_finished, after_next_submission=True)
         started = self._child_runs.pop(tid, None)
         outcome = _child_outcome(trial)
         if started is None:  # failed before its job (its point could not be resolved)
             self._log_later(self._log_unstarted_child, tid, dict(trial["misc"]["vals"]), outcome)
         else:
             self._finished_runs.add(started[0])
-            self._log_later(self._end_child, started[0], outcome)
+            self._log_later(self._end_child, started[0], outcome, after_next_submission=True)
 
     def fmin_finished(self, trials: Any, error: BaseException | None) -> None:
+        self._creator.release()  # no trial will be submitted any more
         try:
             if self._broken.is_set() or self._parent_run_id is None:
                 return
@@ -463,10 +466,14 @@ class MlflowTracker(FminTracker):
         except concurrent.futures.TimeoutError:
             raise TimeoutError(f"MLflow did not answer within {_CALL_TIMEOUT_S:g} s") from None
 
-    def _log_later(self, call: Callable[..., Any], *args: Any) -> None:
+    def _log_later(self, call: Callable[..., Any], *args: Any, after_next_submission: bool = False) -> None:
+        """Queue ``call`` for the logging thread. A trial waits for its child run, so logging
+        lets run creation have the server to itself; a trial's end, which frees a slot, also
+        lets the next trial's run be created first (for at most ``_SUBMISSION_GRACE_S``)."""
+        after = self._creator.completed if after_next_submission else None
+
         def logged() -> None:
-            # A trial waits for its child run: let run creation have the server to itself.
-            self._creator.idle.wait(_CALL_TIMEOUT_S)
+            self._creator.wait_until_idle(after, _CALL_TIMEOUT_S if after is None else _SUBMISSION_GRACE_S)
             if self._broken.is_set():
                 return
             try:
@@ -522,24 +529,39 @@ class _CallThread:
         self._name = name
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._pending = 0
-        self.idle = threading.Event()  # set while no call is queued or running
-        self.idle.set()
+        self._changed = threading.Condition()
+        self._pending = 0  # calls queued or running
+        self._released = False
         self.completed = 0
 
     def submit(self, call: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        with self._lock:
+        with self._changed:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
             self._pending += 1
-            self.idle.clear()
         self._queue.put((future, call, args))
         return future
 
+    def wait_until_idle(self, after: int | None, timeout: float) -> None:
+        """Wait until no call is queued or running and, with ``after``, more than ``after``
+        calls have completed; or until :meth:`release`, or ``timeout``."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._released
+                or (self._pending == 0 and (after is None or self.completed > after)),
+                timeout,
+            )
+
+    def release(self) -> None:
+        """Let every :meth:`wait_until_idle` return at once from now on."""
+        with self._changed:
+            self._released = True
+            self._changed.notify_all()
+
     def close(self) -> None:
+        self.release()
         if self._thread is not None:
             self._queue.put(None)
 
@@ -554,11 +576,10 @@ class _CallThread:
                     future.set_result(call(*args))
                 except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
                     future.set_exception(exc)
-            with self._lock:
+            with self._changed:
                 self.completed += 1
                 self._pending -= 1
-                if self._pending == 0:
-                    self.idle.set()
+                self._changed.notify_all()
 
 
 class _Hyperparameters:
