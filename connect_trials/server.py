@@ -269,3 +269,84 @@ def read_server_info(state_dir: str | os.PathLike[str] | None = None) -> ServerI
         path.unlink(missing_ok=True)
         return None
     return info
+
+
+class LocalMlflowServer:
+    """A real ``mlflow server`` on loopback: sqlite backend and local artifacts under
+    ``state_dir``. For tests, benchmarks and fault injection; stopped through its own
+    process group, like the Spark Connect server.
+
+        with LocalMlflowServer(state_dir=tmp) as mlflow_server:
+            mlflow.set_tracking_uri(mlflow_server.url)
+    """
+
+    def __init__(self, state_dir: str | os.PathLike[str], port: int | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.port = port or free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{_LOOPBACK}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "mlflow-server.log"
+
+    def start(self, timeout: float = 120.0) -> LocalMlflowServer:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            str(Path(sys.executable).parent / "mlflow"), "server",
+            "--backend-store-uri", f"sqlite:///{self.state_dir / 'mlflow.db'}",
+            "--default-artifact-root", str(self.state_dir / "artifacts"),
+            "--host", _LOOPBACK,
+            "--port", str(self.port),
+            "--workers", "1",
+        ]  # fmt: skip
+        # The job runner (huey consumers) doubles the start-up time and is not needed here.
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                command,
+                cwd=self.state_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not self._healthy():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise ServerError(f"mlflow server did not start; see {self.log_path}")
+            time.sleep(0.2)  # a process coming up: nothing to be notified by
+        return self
+
+    def _healthy(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        _terminate_group(self._proc.pid)
+        self._proc.wait()
+        self._proc = None
+
+    def __enter__(self) -> LocalMlflowServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -39,7 +39,6 @@ logger = logging.getLogger("connect_trials")
 
 # Parallelism when it is not given and the cluster's task slots cannot be learned.
 FALLBACK_PARALLELISM = 1
-TRACKING_CONF = "spark.databricks.mlflow.trackHyperopt.enabled"
 
 
 class ConnectTrials(Trials):
