@@ -56,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     cells, checks = report.build(suite)
     json_paths = report.write_json(report.to_json(suite, cells, checks), args.out)
     png = report.plot_trials_vs_time(suite, cells, args.out / "trials_vs_time.png")
-    print(report.markdown(suite, cells, checks))
-    print(f"JSON: {', '.join(str(p) for p in json_paths)}\nPNG: {png}")
+    text = report.markdown(suite, cells, checks)
+    (args.out / "latest.md").write_text(text)
+    print(text)
+    print(f"JSON: {', '.join(str(p) for p in json_paths)}\nPNG: {png}\nMarkdown: {args.out / 'latest.md'}")
     return 0
 
 
