@@ -26,7 +26,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--workloads", help="comma-separated subset of workload names (overhead, efficiency, ...)"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the JSON and PNG go")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"where the JSON, PNG and markdown go (default: {RESULTS_DIR}, quick: {RESULTS_DIR / 'quick'})",
+    )
     parser.add_argument(
         "--budget-min",
         type=float,
@@ -37,6 +41,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
+    # Only the full run's results are committed; quick runs go beside them, ignored by git.
+    out = args.out or (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
     plan = wl.quick_plan() if args.quick else wl.full_plan()
     if args.systems:
         chosen = {s.strip() for s in args.systems.split(",")}
@@ -54,12 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     suite = run_suite(plan, budget_s=budget_min * 60)
     suite.meta["mode"] = "quick" if args.quick else "full"
     cells, checks = report.build(suite)
-    json_paths = report.write_json(report.to_json(suite, cells, checks), args.out)
-    png = report.plot_trials_vs_time(suite, cells, args.out / "trials_vs_time.png")
+    json_paths = report.write_json(report.to_json(suite, cells, checks), out)
+    png = report.plot_trials_vs_time(suite, cells, out / "trials_vs_time.png")
     text = report.markdown(suite, cells, checks)
-    (args.out / "latest.md").write_text(text)
+    (out / "latest.md").write_text(text)
     print(text)
-    print(f"JSON: {', '.join(str(p) for p in json_paths)}\nPNG: {png}\nMarkdown: {args.out / 'latest.md'}")
+    print(f"JSON: {', '.join(str(p) for p in json_paths)}\nPNG: {png}\nMarkdown: {out / 'latest.md'}")
     return 0
 
 
