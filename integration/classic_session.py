@@ -27,7 +27,12 @@ def main() -> None:
     try:
         trials = ConnectTrials(spark_session=spark, timeout=60)
         best = fmin(
-            lambda x: (x - 1) ** 2, hp.uniform("x", -3, 3), tpe.suggest, 8, trials=trials, show_progressbar=False
+            lambda x: (x - 1) ** 2,
+            hp.uniform("x", -3, 3),
+            tpe.suggest,
+            8,
+            trials=trials,
+            show_progressbar=False,
         )
         slow = ConnectTrials(parallelism=1, timeout=2, spark_session=spark)
 
