@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 DEFAULT_STATE_DIR = Path(os.environ.get("CONNECT_TRIALS_HOME", "~/.connect-trials")).expanduser()
 _LOOPBACK = "127.0.0.1"
@@ -80,7 +81,31 @@ def _alive(pid: int) -> bool:
         return True
 
 
-class LocalConnectServer:
+class _OwnedServer:
+    """A server process this object starts, and stops on leaving a ``with`` block."""
+
+    def start(self: _S) -> _S:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+_S = TypeVar("_S", bound=_OwnedServer)
+
+
+class LocalConnectServer(_OwnedServer):
     """A Spark Connect server on loopback, owned by this object (or by its state folder).
 
     ``master`` is any Spark master URL: ``local[2]`` for one machine, ``spark://...`` for a
@@ -206,17 +231,6 @@ class LocalConnectServer:
     def _forget(self) -> None:
         self._info_path.unlink(missing_ok=True)
 
-    def __enter__(self) -> LocalConnectServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 def _terminate_group(pid: int) -> None:
     """Stop the process group led by ``pid`` (the server's launcher and its JVM)."""
@@ -271,7 +285,7 @@ def read_server_info(state_dir: str | os.PathLike[str] | None = None) -> ServerI
     return info
 
 
-class LocalMlflowServer:
+class LocalMlflowServer(_OwnedServer):
     """A real ``mlflow server`` on loopback: sqlite backend and local artifacts under
     ``state_dir``. For tests, benchmarks and fault injection; stopped through its own
     process group, like the Spark Connect server.
@@ -339,14 +353,3 @@ class LocalMlflowServer:
         _terminate_group(self._proc.pid)
         self._proc.wait()
         self._proc = None
-
-    def __enter__(self) -> LocalMlflowServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
