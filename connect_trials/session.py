@@ -56,6 +56,7 @@ def bounded_retries(spark: Any) -> Iterator[None]:
             )
         ]
     )
+    server_gone = False
     try:
         yield
     except ClusterUnavailableError:
@@ -63,6 +64,8 @@ def bounded_retries(spark: Any) -> Iterator[None]:
         # NO_ACTIVE_SESSION). Keep the bounded policy so that what still talks to the dead
         # server, such as pyspark's release of the session at exit, gives up in seconds
         # instead of hanging the process for ten minutes.
+        server_gone = True
         raise
-    else:
-        client.set_retry_policies(saved)
+    finally:
+        if not server_gone:
+            client.set_retry_policies(saved)
