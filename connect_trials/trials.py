@@ -33,7 +33,7 @@ from connect_trials.scheduler import (
     TrialScheduler,
 )
 from connect_trials.session import bounded_retries, session_kind
-from connect_trials.tracking import FminSettings, create_tracker
+from connect_trials.tracking import FminSettings, FminTracker, create_tracker
 
 logger = logging.getLogger("connect_trials")
 
@@ -236,30 +236,45 @@ class ConnectTrials(Trials):
             max_queue_len=int(max_queue_len),
         )
         fmin_id = uuid.uuid4().hex
-        executor = job.SparkJobExecutor(self._spark, fmin_id, objective_blob, self._resource_profile)
         progress_callback = _progress_callback(show_progressbar, verbose)
-        tracker = create_tracker(self._spark, self.mlflow_tracking)
-        tracker.fmin_started(
-            FminSettings(
-                fmin_id=fmin_id,
-                max_evals=int(max_evals),
-                parallelism=self.parallelism,
-                user_specified_parallelism=self.user_specified_parallelism,
-                timeout=self.timeout,
-                algo=algo,
-                max_queue_len=int(max_queue_len),
-                space=space,
+        total = int(max_evals) if max_evals != sys.maxsize else None
+        # Everything that talks to the server, the objective's upload included, runs under
+        # the bounded retry policy: a dead server fails the fmin in seconds.
+        with bounded_retries(self._spark):
+            executor = job.SparkJobExecutor(self._spark, fmin_id, objective_blob, self._resource_profile)
+            tracker = create_tracker(self._spark, self.mlflow_tracking)
+            tracker.fmin_started(
+                FminSettings(
+                    fmin_id=fmin_id,
+                    max_evals=int(max_evals),
+                    parallelism=self.parallelism,
+                    user_specified_parallelism=self.user_specified_parallelism,
+                    timeout=self.timeout,
+                    algo=algo,
+                    max_queue_len=int(max_queue_len),
+                    space=space,
+                )
             )
-        )
+            self._run_scheduler(domain, algo, rstate, executor, limits, tracker, progress_callback, total)
+        self.refresh()
+        return _fmin_return_value(self, space, return_argmin)
+
+    def _run_scheduler(
+        self,
+        domain: base.Domain,
+        algo: Callable[..., Any],
+        rstate: np.random.Generator,
+        executor: job.SparkJobExecutor,
+        limits: SearchLimits,
+        tracker: FminTracker,
+        progress_callback: Any,
+        total: int | None,
+    ) -> None:
+        """Run the trials; whatever happens, close the tracking and log the summary line."""
         error: BaseException | None = None
         try:
-            with (
-                bounded_retries(self._spark),
-                progress_callback(
-                    initial=0, total=int(max_evals) if max_evals != sys.maxsize else None
-                ) as progress_ctx,
-            ):
-                scheduler = TrialScheduler(
+            with progress_callback(initial=0, total=total) as progress_ctx:
+                TrialScheduler(
                     trials=self,
                     domain=domain,
                     algo=algo,
@@ -269,8 +284,7 @@ class ConnectTrials(Trials):
                     limits=limits,
                     tracker=tracker,
                     progress=progress_ctx,
-                )
-                scheduler.run()
+                ).run()
         except KeyboardInterrupt as exc:
             error = exc
             self._fmin_cancelled = True
@@ -290,8 +304,6 @@ class ConnectTrials(Trials):
                 f"succeeded, {self.count_failed_trials()} failed, "
                 f"{self.count_cancelled_trials()} cancelled."
             )
-        self.refresh()
-        return _fmin_return_value(self, space, return_argmin)
 
     def _accept_resource_profile(self, resource_profile: Any) -> Any:
         if resource_profile is None:
