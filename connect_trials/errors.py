@@ -1,4 +1,4 @@
-"""Errors that connect_trials raises to its callers."""
+"""Errors that connect_trials raises to its callers, and how their texts are shown in one line."""
 
 
 class ClusterUnavailableError(RuntimeError):
@@ -7,3 +7,9 @@ class ClusterUnavailableError(RuntimeError):
     Every trial that had finished is kept in the trials object; trials that were running
     are marked cancelled.
     """
+
+
+def last_line(text: str | None) -> str:
+    """The last non-blank line of an error text (a traceback's own message), for one-line logs."""
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""

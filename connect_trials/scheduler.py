@@ -25,7 +25,7 @@ from hyperopt.utils import coarse_utcnow
 from pyspark import cloudpickle
 
 from connect_trials import job
-from connect_trials.errors import ClusterUnavailableError
+from connect_trials.errors import ClusterUnavailableError, last_line
 from connect_trials.tracking import FminTracker
 
 logger = logging.getLogger("connect_trials")
@@ -199,7 +199,7 @@ class TrialScheduler:
             raise ClusterUnavailableError(
                 "the Spark Connect server stopped answering during fmin "
                 f"(trial {outcome.tid}); every finished trial is kept in the trials object. "
-                f"Last error: {_last_line(outcome.error_text)}"
+                f"Last error: {last_line(outcome.error_text)}"
             )
         if outcome.kind == job.CANCELLED:
             self._finish_cancelled(trial, outcome)
@@ -254,7 +254,7 @@ class TrialScheduler:
 
     def _finish_cancelled(self, trial: dict[str, Any], outcome: job.TrialOutcome) -> None:
         tid = trial["tid"]
-        logger.debug("trial task %s cancelled, exception is %s", tid, _last_line(outcome.error_text))
+        logger.debug("trial task %s cancelled, exception is %s", tid, last_line(outcome.error_text))
         trial["state"] = base.JOB_STATE_CANCEL
         trial["misc"]["error"] = (outcome.error_type or "", outcome.error_text or "")
         _stamp(trial, outcome)
@@ -378,11 +378,6 @@ def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
     return max(deadline - time.monotonic(), 0.0)
-
-
-def _last_line(text: str | None) -> str:
-    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
 
 
 def _call_bounded(fn: Callable[[], Any], seconds: float) -> None:

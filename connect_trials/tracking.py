@@ -60,6 +60,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from connect_trials.errors import last_line
+
 logger = logging.getLogger("connect_trials")
 
 TRACKING_CONF = "spark.databricks.mlflow.trackHyperopt.enabled"
@@ -387,7 +389,7 @@ class MlflowTracker(FminTracker):
             metrics.append(Metric("loss", outcome.loss, int(time.time() * 1000), 0))
         if outcome.trial_status == TRIAL_FAILURE and outcome.error_type:
             tags["error_type"] = _truncated(outcome.error_type)
-            tags["error_message"] = _truncated(_last_line(outcome.error_text))
+            tags["error_message"] = _truncated(last_line(outcome.error_text))
         params = self._child_params(self._unlogged_params.pop(run_id, None))
         try:
             self._log_batch(run_id, params=params, tags=tags, metrics=metrics)
@@ -505,7 +507,7 @@ class MlflowTracker(FminTracker):
         the same name with another value): warn once, go on with the rest."""
         log = logger.debug if self._refused else logger.warning
         self._refused = True
-        log("MLflow refused part of this fmin's tracking; the rest goes on: %s", _last_line(str(exc))[:500])
+        log("MLflow refused part of this fmin's tracking; the rest goes on: %s", last_line(str(exc))[:500])
 
     def _disable(self, exc: BaseException) -> None:
         with self._broken_lock:
@@ -517,7 +519,7 @@ class MlflowTracker(FminTracker):
             "The trials run on; runs already created may stay RUNNING.",
             _redacted_uri(self._tracking_uri) or "<unresolved>",
             type(exc).__name__,
-            _last_line(str(exc))[:500],
+            last_line(str(exc))[:500],
         )
 
 
@@ -549,8 +551,7 @@ class _CallThread:
         calls have completed; or until :meth:`release`, or ``timeout``."""
         with self._changed:
             self._changed.wait_for(
-                lambda: self._released
-                or (self._pending == 0 and (after is None or self.completed > after)),
+                lambda: self._released or (self._pending == 0 and (after is None or self.completed > after)),
                 timeout,
             )
 
@@ -717,8 +718,3 @@ def _truncated(text: str) -> str:
         return text
     marker = f"\n... [truncated: {len(text)} characters]"
     return text[: _MAX_TAG_CHARS - len(marker)] + marker
-
-
-def _last_line(text: str | None) -> str:
-    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
