@@ -51,8 +51,9 @@ class ConnectTrials(Trials):
         kept, and fmin returns the best so far.
     :param loss_threshold: stop (and cancel running trials) once a trial's loss is below it.
         The fmin argument of the same name takes precedence.
-    :param spark_session: a Spark Connect or classic ``SparkSession``; by default
-        ``SparkSession.builder.getOrCreate()``, which honours ``SPARK_REMOTE``.
+    :param spark_session: a Spark Connect or classic ``SparkSession``; by default the active
+        session (as ``SparkTrials()``), else ``SparkSession.builder.getOrCreate()``, which
+        honours ``SPARK_REMOTE``.
     :param resource_profile: a ``pyspark.resource.ResourceProfile`` for the trial tasks
         (stage-level scheduling; ignored with a warning on a local master).
     :param mlflow_tracking: ``None`` (on unless the Spark conf
@@ -348,9 +349,7 @@ def _progress_callback(show_progressbar: Any, verbose: bool) -> Any:
 
 def _resolve_session(spark_session: Any) -> Any:
     if spark_session is None:
-        from pyspark.sql import SparkSession
-
-        spark_session = SparkSession.builder.getOrCreate()
+        spark_session = _default_session()
     if session_kind(spark_session) is None:
         raise TypeError(
             "spark_session must be a pyspark SparkSession (Spark Connect or classic), not "
@@ -358,6 +357,30 @@ def _resolve_session(spark_session: Any) -> Any:
             "SparkSession.builder.remote('sc://host:15002').getOrCreate() or leave it None"
         )
     return spark_session
+
+
+def _default_session() -> Any:
+    """The session a script written for ``SparkTrials()`` means: the active one (Spark Connect
+    or classic; a Connect session made in another thread is the process's default), else
+    ``SparkSession.builder.getOrCreate()``, which honours ``SPARK_REMOTE``.
+
+    ``builder.getOrCreate()`` alone is not enough: once a Connect session exists the builder
+    is in Connect mode and, without ``SPARK_REMOTE``, refuses with CONNECT_URL_NOT_SET."""
+    from pyspark.sql import SparkSession
+
+    try:
+        from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+        connect_session = ConnectSession.getActiveSession() or ConnectSession._get_default_session()
+    except ImportError:  # pragma: no cover - pyspark without the connect extra
+        connect_session = None
+    if connect_session is not None:
+        return connect_session
+    try:
+        classic = SparkSession.getActiveSession()
+    except Exception:  # noqa: BLE001 - Connect mode without a URL: no classic session here
+        classic = None
+    return classic if classic is not None else SparkSession.builder.getOrCreate()
 
 
 def _validate_parallelism(parallelism: Any) -> None:
