@@ -36,3 +36,34 @@ def test_bounded_retries_give_the_client_its_policies_back_unless_the_server_is_
     except ClusterUnavailableError:
         pass
     assert client.policies != ["default"]
+
+
+def test_the_watchdog_keeps_quiet_while_the_server_accepts_and_speaks_once_it_refuses():
+    import socket
+    import threading
+
+    from connect_trials.session import ServerWatchdog
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = listener.getsockname()
+    gone: list[str] = []
+    declared = threading.Event()
+
+    def on_gone(reason: str) -> None:
+        gone.append(reason)
+        declared.set()
+
+    with ServerWatchdog(address, on_gone, gone_after=0.5, probe_every=0.05):
+        for _ in range(15):  # 15 probes (0.75 s > gone_after), all accepted
+            listener.settimeout(5)
+            listener.accept()[0].close()
+        assert not declared.is_set()
+        listener.close()  # the server dies: connections are refused from now on
+        assert declared.wait(5)
+    assert len(gone) == 1 and "refused connections" in gone[0]
+
+
+def test_a_classic_or_unknown_session_has_no_address_to_watch():
+    from connect_trials.session import server_address
+
+    assert server_address(object()) is None
