@@ -221,7 +221,7 @@ class TrialScheduler:
             outcome = self.executor.run_trial(request)
         except BaseException as exc:  # noqa: BLE001 - the loop must always hear back
             outcome = job.TrialOutcome(
-                request.tid, OutcomeKind.FAILED, error_type=str(type(exc)), error_text=repr(exc)
+                request.tid, OutcomeKind.FAILED, error_type=str(type(exc)), error_text=traceback.format_exc()
             )
         # When the result reached the client, on the client's clock: what decides whether
         # it came before a cancellation (the executor's clock is another machine's).
@@ -430,13 +430,30 @@ def _stamp(trial: dict[str, Any], outcome: job.TrialOutcome | None) -> None:
 
 
 def _failure_summary(error_type: str, error_text: str) -> str:
-    """``Type: message`` of a failure, e.g. ``TypeError: bad operand``: the traceback's last
-    line when it names the type, else the type's short name and that line."""
+    """``Type: message`` of a failure, e.g. ``TypeError: bad operand``, for one log line."""
     name = error_type.removeprefix("<class '").removesuffix("'>").rsplit(".", 1)[-1]
-    message = last_line(error_text)
-    if not message:
-        return name
-    return message if message.startswith(name) else f"{name}: {message}"
+    message = _failure_message(error_text)
+    qualified, colon, rest = message.partition(":")
+    if colon and qualified.rsplit(".", 1)[-1] == name:
+        return f"{name}:{rest}"
+    return f"{name}: {message}" if message else name
+
+
+def _failure_message(text: str) -> str:
+    """The exception's own line of a Python traceback (the last block's first unindented
+    line: what follows may be a JVM stack trace), else the text's first line."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if not lines[0].startswith("Traceback (most recent call last)"):
+        return lines[0].strip()
+    message, in_traceback = lines[-1].strip(), False
+    for line in lines:
+        if line.startswith("Traceback (most recent call last)"):
+            in_traceback = True
+        elif in_traceback and not line[0].isspace():
+            message, in_traceback = line.strip(), False
+    return message
 
 
 def _remaining(deadline: float | None) -> float | None:
