@@ -99,6 +99,7 @@ class TrialScheduler:
         self._finished = [t for t in trials._dynamic_trials if t["state"] == base.JOB_STATE_DONE]
         self._cancelled_at = math.inf  # time.monotonic() when the first cancellation was issued
         self._deadline: float | None = None
+        self._settle_grace_s = _CANCEL_GRACE_S
         self.best_loss = min((_ok_loss(t) for t in self._finished), default=math.inf)
 
     # -- the loop ---------------------------------------------------------------------------
@@ -238,6 +239,7 @@ class TrialScheduler:
     def _handle(self, outcome: job.TrialOutcome) -> bool:
         """Record one outcome; True when the search must stop."""
         if outcome.tid == _SERVER_GONE_TID:
+            self._settle_grace_s = 0.0  # a dead server reports nothing more
             raise ClusterUnavailableError(
                 f"{outcome.error_text}; fmin stopped. Every finished trial is kept in the "
                 "trials object; the running ones are cancelled."
@@ -364,7 +366,7 @@ class TrialScheduler:
 
     def _settle_cancelled(self) -> None:
         """Wait (bounded) for interrupted jobs to report, so their errors are recorded."""
-        deadline = time.monotonic() + _CANCEL_GRACE_S
+        deadline = time.monotonic() + self._settle_grace_s
         while self._running and time.monotonic() < deadline:
             try:
                 outcome = self._completions.get(timeout=_remaining(deadline))
