@@ -342,12 +342,15 @@ class SparkJobExecutor:
                 stragglers = sorted(self._collecting)
                 self._lock.release()
                 try:
-                    for tid in stragglers:
-                        self._interrupt(trial_tag(self._fmin_id, tid))
+                    # One warning is enough: a server that refuses one interruption refuses all.
+                    reached = all(self._interrupt(trial_tag(self._fmin_id, tid)) for tid in stragglers)
                 finally:
                     self._lock.acquire()
+                if not reached:
+                    return
 
-    def _interrupt(self, tag: str) -> None:
+    def _interrupt(self, tag: str) -> bool:
+        """interruptTag; False (after a warning) when it failed."""
         try:
             self._spark.interruptTag(tag)
         except Exception as exc:  # noqa: BLE001 - a failed interruption is reported, not raised
@@ -356,6 +359,8 @@ class SparkJobExecutor:
                 tag,
                 one_line(exc),
             )
+            return False
+        return True
 
     def _outcome_of_exception(self, tid: int, exc: BaseException) -> TrialOutcome:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
