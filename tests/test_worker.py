@@ -62,6 +62,7 @@ def test_the_environment_is_restored_by_difference_not_cleared(monkeypatch):
         raise AssertionError("os.environ was cleared while other threads may read it")
 
     monkeypatch.setattr(os.environ, "clear", refuse_clear, raising=False)
+
     def objective(_):
         seen = dict(os.environ)
         os.environ["CT_CHANGED_BY_OBJECTIVE"] = "after"
