@@ -89,6 +89,96 @@ def test_a_server_paused_for_seconds_costs_no_trial(own_server, own_spark):
     assert trials.count_cancelled_trials() == 0 and trials.count_failed_trials() == 0
 
 
+class FlakyProxy:
+    """A loopback TCP proxy in front of the server that can refuse connections for a while:
+    a network blip or a load balancer's restart, as the client sees it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self._serve(self.listener)
+
+    def _serve(self, listener: socket.socket) -> None:
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self.connections += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+    def refuse_for(self, seconds: float) -> None:
+        """Drop every connection and refuse new ones for ``seconds``, then accept again."""
+        self.listener.close()
+        for connection in self.connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            connection.close()
+        self.connections.clear()
+        time.sleep(seconds)  # the outage itself
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self._serve(self.listener)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for end in (source, sink):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def test_connections_refused_for_seconds_cost_no_trial(own_server):
+    from pyspark.sql import SparkSession
+
+    proxy = FlakyProxy(own_server.port)
+    session = SparkSession.builder.remote(f"sc://127.0.0.1:{proxy.port}").create()
+    listener, port = running_signal()
+
+    def objective(x: float) -> float:
+        import socket
+        import time
+
+        socket.create_connection(("127.0.0.1", port)).close()  # "I am running"
+        time.sleep(3)
+        return x
+
+    def blip_once_a_trial_runs() -> None:
+        listener.accept()[0].close()
+        proxy.refuse_for(6)
+
+    blip = threading.Thread(target=blip_once_a_trial_runs, daemon=True)
+    blip.start()
+    try:
+        trials = ConnectTrials(parallelism=2, spark_session=session)
+        fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 4, trials=trials, show_progressbar=False)
+        blip.join(30)
+        assert trials.count_successful_trials() == 4
+        assert trials.count_cancelled_trials() == 0 and trials.count_failed_trials() == 0
+    finally:
+        listener.close()
+        session.stop()
+        proxy.close()
+
+
 def test_a_dead_server_fails_fmin_in_tens_of_seconds_and_keeps_finished_trials(
     own_server, own_spark, tmp_path
 ):
