@@ -116,7 +116,7 @@ class FlakyProxy:
 
     def refuse_for(self, seconds: float) -> None:
         """Drop every connection and refuse new ones for ``seconds``, then accept again."""
-        self.listener.close()
+        self.close()
         for connection in self.connections:
             try:
                 connection.shutdown(socket.SHUT_RDWR)
@@ -129,6 +129,11 @@ class FlakyProxy:
         self._serve(self.listener)
 
     def close(self) -> None:
+        # shutdown() first: close() alone leaves the socket listening while accept() blocks on it.
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
 
 
