@@ -285,7 +285,6 @@ class SparkJobExecutor:
         self._lock = threading.Lock()
         self._collect_ended = threading.Condition(self._lock)
         self._collecting: set[int] = set()  # trials whose collect() has been called
-        self._reinterrupter: threading.Thread | None = None
 
     @property
     def tag(self) -> str:
@@ -325,10 +324,9 @@ class SparkJobExecutor:
             first = not self._cancelled.is_set()
             self._cancelled.set()
             if first and self._collecting:
-                self._reinterrupter = threading.Thread(
+                threading.Thread(
                     target=self._interrupt_stragglers, name="connect-trials-reinterrupt", daemon=True
-                )
-                self._reinterrupter.start()
+                ).start()
         logger.debug("Cancelling all running jobs with tag %s", self.tag)
         self._interrupt(self.tag)
 

@@ -183,21 +183,23 @@ class TrialScheduler:
 
     def _submit(self, trial: dict[str, Any]) -> None:
         tid = trial["tid"]
+        # Running from here on, before anything that can block or be interrupted (resolving
+        # the point, the tracker waiting for its child run): a Ctrl-C now cancels the trial
+        # instead of orphaning it.
+        self._running[tid] = trial
         now = coarse_utcnow()
         trial["state"] = base.JOB_STATE_RUNNING
         trial["book_time"] = now
         trial["refresh_time"] = now
         logger.debug("trial task %s started", tid)
         try:
-            argument = self._argument_of(trial)
-            argument_blob = cloudpickle.dumps(argument)
-        except Exception as exc:  # noqa: BLE001 - a bad point fails its trial, not the search
-            self._finish_error(trial, str(type(exc)), traceback.format_exc())
-            return
-        # Running from here on, before anything that can block or be interrupted (the tracker
-        # waits for its child run): a Ctrl-C now cancels the trial instead of orphaning it.
-        self._running[tid] = trial
-        try:
+            try:
+                argument = self._argument_of(trial)
+                argument_blob = cloudpickle.dumps(argument)
+            except Exception as exc:  # noqa: BLE001 - a bad point fails its trial, not the search
+                self._running.pop(tid)
+                self._finish_error(trial, str(type(exc)), traceback.format_exc())
+                return
             environ = self.tracker.trial_started(trial, argument)
         except BaseException:
             self._finish_unlaunched(trial)  # no job was started for it; the loop unwinds
@@ -229,7 +231,7 @@ class TrialScheduler:
         self._completions.put(dataclasses.replace(outcome, received_at=time.monotonic()))
 
     def _finish_unlaunched(self, trial: dict[str, Any]) -> None:
-        self._running.pop(trial["tid"])
+        self._running.pop(trial["tid"], None)
         logger.debug("trial task %s cancelled before its job was submitted", trial["tid"])
         trial["state"] = base.JOB_STATE_CANCEL
         trial["refresh_time"] = coarse_utcnow()

@@ -182,12 +182,16 @@ def _refusal(address: tuple[str, int]) -> str | None:
 
 def give_up_quickly(spark: Any) -> None:
     """Bound the retries of a session whose server is gone: nobody can use it any more, and
-    what still talks to it (pyspark's release of the session at exit) must not hang."""
+    what still talks to it (a call already retrying, pyspark's release of the session at
+    exit) must not hang. Calls already in their retry loop stop at their next attempt."""
     if session_kind(spark) != CONNECT:
         return
     from pyspark.sql.connect.client.retries import DefaultPolicy
 
-    spark.client.set_retry_policies([_bounded_policy(DefaultPolicy)])
+    client = spark.client
+    for policy in client.get_retry_policies():
+        policy.max_retries = 0  # read by in-flight retry loops at their next attempt
+    client.set_retry_policies([_bounded_policy(DefaultPolicy)])
 
 
 def _bounded_policy(policy_class: Any) -> Any:

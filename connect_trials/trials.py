@@ -247,32 +247,35 @@ class ConnectTrials(Trials):
         fmin_id = uuid.uuid4().hex
         progress_callback = _progress_callback(show_progressbar, verbose)
         total = int(max_evals) if max_evals != sys.maxsize else None
+        settings = FminSettings(
+            fmin_id=fmin_id,
+            max_evals=int(max_evals),
+            parallelism=self.parallelism,
+            user_specified_parallelism=self.user_specified_parallelism,
+            timeout=self.timeout,
+            algo=algo,
+            max_queue_len=int(max_queue_len),
+            space=space,
+        )
         tracker = create_tracker(self._spark, self.mlflow_tracking)
         # The client's retry policy is left alone (other threads and fmins share it); a
-        # watchdog tells a dead server from a slow one instead (see session.py).
+        # watchdog tells a dead server from a slow one instead (see session.py), from the
+        # objective's upload to the last trial.
+        server_gone = _ServerGoneRelay(self._spark)
+        address = server_address(self._spark)
         error: BaseException | None = None
         try:
-            tracker.fmin_started(
-                FminSettings(
-                    fmin_id=fmin_id,
-                    max_evals=int(max_evals),
-                    parallelism=self.parallelism,
-                    user_specified_parallelism=self.user_specified_parallelism,
-                    timeout=self.timeout,
-                    algo=algo,
-                    max_queue_len=int(max_queue_len),
-                    space=space,
-                )
-            )
-            # The fmin's worker environment (credentials included) travels once, inside the
-            # objective's artifact, never inside a job's plan; trackers without it send none.
-            fmin_environ = getattr(tracker, "worker_environ", lambda: {})()
-            executor = job.SparkJobExecutor(
-                self._spark, fmin_id, objective_blob, fmin_environ, self._resource_profile
-            )
-            self._run_scheduler(domain, algo, rstate, executor, limits, tracker, progress_callback, total)
+            watchdog = ServerWatchdog(address, server_gone) if address else None
+            with watchdog or contextlib.nullcontext():
+                self._start_and_run(
+                    settings, objective_blob, domain, algo, rstate, limits, tracker,
+                    progress_callback, total, server_gone,
+                )  # fmt: skip
         except BaseException as exc:
             error = exc
+            if isinstance(exc, KeyboardInterrupt):
+                self._fmin_cancelled = True
+                self._fmin_cancelled_reason = FMIN_CANCELLED_REASON_USER
             raise
         finally:
             tracker.fmin_finished(self, error)
@@ -284,6 +287,32 @@ class ConnectTrials(Trials):
         self.refresh()
         return _fmin_return_value(self, space, return_argmin)
 
+    def _start_and_run(
+        self,
+        settings: FminSettings,
+        objective_blob: bytes,
+        domain: base.Domain,
+        algo: Callable[..., Any],
+        rstate: np.random.Generator,
+        limits: SearchLimits,
+        tracker: FminTracker,
+        progress_callback: Any,
+        total: int | None,
+        server_gone: _ServerGoneRelay,
+    ) -> None:
+        """Open the tracking, ship the objective (after the tracking: its environment travels
+        with it), run the trials."""
+        tracker.fmin_started(settings)
+        # The fmin's worker environment (credentials included) travels once, inside the
+        # objective's artifact, never inside a job's plan; trackers without it send none.
+        fmin_environ: dict[str, str] = getattr(tracker, "worker_environ", lambda: {})()
+        executor = job.SparkJobExecutor(
+            self._spark, settings.fmin_id, objective_blob, fmin_environ, self._resource_profile
+        )
+        self._run_scheduler(
+            domain, algo, rstate, executor, limits, tracker, progress_callback, total, server_gone
+        )
+
     def _run_scheduler(
         self,
         domain: base.Domain,
@@ -294,8 +323,9 @@ class ConnectTrials(Trials):
         tracker: FminTracker,
         progress_callback: Any,
         total: int | None,
+        server_gone: _ServerGoneRelay,
     ) -> None:
-        """Run the trials under a watchdog of the server; say how the fmin thread ended."""
+        """Run the trials; say how the fmin thread ended."""
         try:
             with progress_callback(initial=0, total=total) as progress_ctx:
                 scheduler = TrialScheduler(
@@ -309,19 +339,15 @@ class ConnectTrials(Trials):
                     tracker=tracker,
                     progress=progress_ctx,
                 )
-                address = server_address(self._spark)
-                watchdog = ServerWatchdog(address, scheduler.server_gone) if address else None
-                with watchdog or contextlib.nullcontext():
-                    scheduler.run()
+                server_gone.scheduler = scheduler
+                scheduler.run()
         except ClusterUnavailableError:
             # The session died with its server: let what still talks to it give up quickly.
             give_up_quickly(self._spark)
             logger.debug("fmin thread exits with an exception raised.")
             raise
         except KeyboardInterrupt:
-            self._fmin_cancelled = True
-            self._fmin_cancelled_reason = FMIN_CANCELLED_REASON_USER
-            logger.debug("fmin thread terminated by user.")
+            logger.debug("fmin thread terminated by user.")  # fmin marks the cancellation
             raise
         except BaseException:
             logger.debug("fmin thread exits with an exception raised.")
@@ -347,6 +373,21 @@ class ConnectTrials(Trials):
             )
             return None
         return resource_profile
+
+
+class _ServerGoneRelay:
+    """What follows the watchdog's word that the server is gone: the dead session's retries
+    end, and the fmin's scheduler stops (if it runs yet: before it does, the bounded
+    retries fail the setup's calls instead)."""
+
+    def __init__(self, spark: Any) -> None:
+        self._spark = spark
+        self.scheduler: TrialScheduler | None = None
+
+    def __call__(self, reason: str) -> None:
+        give_up_quickly(self._spark)
+        if self.scheduler is not None:
+            self.scheduler.server_gone(reason)
 
 
 def _fmin_return_value(trials: ConnectTrials, space: Any, return_argmin: bool) -> Any:
