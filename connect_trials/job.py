@@ -11,6 +11,7 @@ executor below is one implementation (an in-process one for debugging comes late
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import io
 import logging
@@ -20,6 +21,8 @@ import sys
 import sysconfig
 import tempfile
 import threading
+import time
+import traceback
 import types
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,8 +30,15 @@ from typing import Any, Protocol
 from pyspark import cloudpickle
 
 from connect_trials import worker
-from connect_trials.errors import ClusterUnavailableError
-from connect_trials.session import CONNECT, session_kind
+from connect_trials.errors import one_line
+from connect_trials.session import (
+    CONNECT,
+    OPERATION_CANCELED,
+    error_condition,
+    is_python_worker_crash,
+    is_unavailable,
+    session_kind,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +47,25 @@ cloudpickle.register_pickle_by_value(worker)
 
 TAG_PREFIX = "connect-trials"
 
-# Outcome kinds, from the client's point of view.
-RETURNED = "returned"  # the objective returned a value (not yet validated)
-RAISED = "raised"  # the objective raised; error_text holds the remote traceback
-CANCELLED = "cancelled"  # the job was interrupted through its tag
-FAILED = "failed"  # the job failed around the objective (executor lost, bad pickle, ...)
-UNAVAILABLE = "unavailable"  # the Spark Connect server cannot be reached
+# Above this size the pickled objective is never sent inside every job's plan: a failed
+# artifact upload then fails the fmin instead (each job would carry it; 50 MB took ~9 s per
+# job and 120 MB ran a local server out of heap).
+MAX_INLINE_OBJECTIVE_BYTES = 8 * 1024 * 1024
+
+# After a cancellation, how often and how long jobs whose collect() was already on its way
+# are interrupted again: one that reached the server just after interruptTag would run on.
+_REINTERRUPT_EVERY_S = 1.0
+_REINTERRUPT_FOR_S = 30.0
+
+
+class OutcomeKind(enum.Enum):
+    """How a trial job ended, from the client's point of view."""
+
+    RETURNED = "returned"  # the objective returned a value (not yet validated)
+    RAISED = "raised"  # the objective raised; error_text holds the remote traceback
+    CANCELLED = "cancelled"  # the job was interrupted through its tag, or never submitted
+    FAILED = "failed"  # the job failed around the objective (worker died, bad pickle, ...)
+    UNAVAILABLE = "unavailable"  # the Spark Connect server cannot be reached
 
 
 @dataclass(frozen=True)
@@ -59,16 +82,25 @@ class TrialOutcome:
     """What came back from one trial job."""
 
     tid: int
-    kind: str
+    kind: OutcomeKind
     value: Any = None
     error_type: str | None = None
     error_text: str | None = None
+    # Wall-clock times on the executor, for the record only: they are never compared with
+    # the client's clock.
     started_at: float | None = None
     finished_at: float | None = None
+    attempt: int | None = None  # the task attempt that produced the row (0 = the first)
+    # time.monotonic() on the client when run_trial returned; set by the scheduler.
+    received_at: float | None = None
 
 
 class TrialExecutor(Protocol):
-    """Runs trials; ``run_trial`` blocks in the trial's own thread."""
+    """Runs trials; ``run_trial`` blocks in the trial's own thread.
+
+    After ``cancel_all``, ``run_trial`` must not start a trial any more (it returns a
+    CANCELLED outcome at once), and a trial that was being started concurrently must still
+    end up interrupted."""
 
     def run_trial(self, request: TrialRequest) -> TrialOutcome: ...
 
@@ -146,30 +178,54 @@ def pickle_objective(fn: Any) -> bytes:
     return buffer.getvalue()
 
 
-def ship_objective(spark: Any, objective_blob: bytes) -> bytes | str:
-    """Send the pickled objective to the cluster once; what each trial job then refers to.
+def ship_objective(spark: Any, objective_blob: bytes, fmin_environ: dict[str, str]) -> bytes | str:
+    """Send the objective and the fmin's worker environment to the cluster once; what each
+    trial job then refers to.
 
-    On Spark Connect the objective becomes a session file artifact named by its content hash
+    On Spark Connect they become a session file artifact named by its content hash
     (re-adding a name with other content is refused, the same content is a no-op), so each
-    job's plan carries a short name instead of the objective and whatever it captures. A
-    classic session, or a server that refuses artifacts, gets the bytes inline in every job.
+    job's plan carries a short name instead of the objective, what it captures and the
+    credentials in the environment. A classic session has no artifacts: there the payload
+    rides inline in each job, which stays inside the client's own process and JVM.
+    If the server refuses the artifact, a small objective falls back to riding inline
+    (without the fmin's environment: credentials never travel inside a Spark plan), with a
+    warning; a large one fails the fmin with an error that says what to do.
     """
     if session_kind(spark) != CONNECT:
-        return objective_blob
-    name = f"connect-trials-objective-{hashlib.sha256(objective_blob).hexdigest()[:40]}.pkl"
+        return worker.objective_payload(objective_blob, fmin_environ)
+    payload = worker.objective_payload(objective_blob, fmin_environ)
+    name = f"connect-trials-objective-{hashlib.sha256(payload).hexdigest()[:40]}.pkl"
     with tempfile.TemporaryDirectory(prefix="connect-trials-") as folder:
         path = os.path.join(folder, name)
         with open(path, "wb") as f:
-            f.write(objective_blob)
+            f.write(payload)
         try:
             spark.addArtifacts(path, file=True)
         except Exception as exc:  # noqa: BLE001
             if "ARTIFACT_ALREADY_EXISTS" not in str(exc):
-                logger.warning(
-                    "could not ship the objective as an artifact (%s); sending it in every job", exc
-                )
-                return objective_blob
+                return _inline_fallback(objective_blob, fmin_environ, exc)
     return name
+
+
+def _inline_fallback(objective_blob: bytes, fmin_environ: dict[str, str], exc: BaseException) -> bytes:
+    size_mb = len(objective_blob) / 1e6
+    if len(objective_blob) > MAX_INLINE_OBJECTIVE_BYTES:
+        raise RuntimeError(
+            f"the objective pickles to {size_mb:.1f} MB and the Spark Connect server refused it "
+            f"as a session artifact ({one_line(exc)}). Sending it inside every trial's job is "
+            f"refused above {MAX_INLINE_OBJECTIVE_BYTES // (1024 * 1024)} MB. Make the objective "
+            "small: load large data inside it from storage the workers can read, instead of "
+            "capturing it, or let the server accept artifacts."
+        ) from exc
+    dropped = f"; MLflow variables ({', '.join(sorted(fmin_environ))}) are not sent" if fmin_environ else ""
+    logger.warning(
+        "could not ship the objective as a session artifact (%s); sending it (%.1f MB) inside "
+        "every trial's job instead%s",
+        one_line(exc),
+        size_mb,
+        dropped,
+    )
+    return worker.objective_payload(objective_blob, {})
 
 
 def build_trial_job(
@@ -184,6 +240,11 @@ def build_trial_job(
 
 
 def decode_row(tid: int, row: Any) -> TrialOutcome:
+    stamps = {
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+        "attempt": row["attempt"],
+    }
     status = row["status"]
     if status == worker.STATUS_RETURNED:
         try:
@@ -191,105 +252,134 @@ def decode_row(tid: int, row: Any) -> TrialOutcome:
         except Exception as exc:  # noqa: BLE001 - a class only the worker knows, say
             return TrialOutcome(
                 tid,
-                FAILED,
+                OutcomeKind.FAILED,
                 error_type=str(type(exc)),
                 error_text=f"the objective's return value could not be unpickled on the client: {exc}",
-                started_at=row["started_at"],
-                finished_at=row["finished_at"],
+                **stamps,
             )
-        return TrialOutcome(
-            tid, RETURNED, value=value, started_at=row["started_at"], finished_at=row["finished_at"]
-        )
-    kind = RAISED if status == worker.STATUS_RAISED else FAILED
-    return TrialOutcome(
-        tid,
-        kind,
-        error_type=row["error_type"],
-        error_text=row["error_text"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-    )
+        return TrialOutcome(tid, OutcomeKind.RETURNED, value=value, **stamps)
+    kind = OutcomeKind.RAISED if status == worker.STATUS_RAISED else OutcomeKind.FAILED
+    return TrialOutcome(tid, kind, error_type=row["error_type"], error_text=row["error_text"], **stamps)
 
 
 class SparkJobExecutor:
-    """Runs each trial as one tagged Spark job on a Connect (or classic) session."""
+    """Runs each trial as one tagged Spark job on a Connect (or classic) session.
 
-    def __init__(self, spark: Any, fmin_id: str, objective_blob: bytes, resource_profile: Any = None) -> None:
+    Every job carries the fmin's tag and its trial's tag. ``cancel_all`` interrupts the fmin's
+    tag; a job whose ``collect()`` was already on its way then may reach the server just after
+    the interruption, so its trial's tag is interrupted again until its collect returns."""
+
+    def __init__(
+        self,
+        spark: Any,
+        fmin_id: str,
+        objective_blob: bytes,
+        fmin_environ: dict[str, str] | None = None,
+        resource_profile: Any = None,
+    ) -> None:
         self._spark = spark
         self._fmin_id = fmin_id
-        self._objective = ship_objective(spark, objective_blob)
+        self._objective = ship_objective(spark, objective_blob, dict(fmin_environ or {}))
         self._resource_profile = resource_profile
         self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._collect_ended = threading.Condition(self._lock)
+        self._collecting: set[int] = set()  # trials whose collect() has been called
 
     @property
     def tag(self) -> str:
         return fmin_tag(self._fmin_id)
 
     def run_trial(self, request: TrialRequest) -> TrialOutcome:
-        tags = (self.tag, trial_tag(self._fmin_id, request.tid))
+        tid = request.tid
+        if self._cancelled.is_set():
+            return _not_submitted(tid)
+        tags = (self.tag, trial_tag(self._fmin_id, tid))
         try:
             job = build_trial_job(self._spark, self._objective, request, self._resource_profile)
             for tag in tags:  # tags are thread-local: add them in the submitting thread
                 self._spark.addTag(tag)
             try:
-                rows = job.collect()
+                with self._lock:
+                    # Looked at under the lock that cancel_all takes: either this job is not
+                    # submitted, or cancel_all sees it in _collecting and interrupts it again.
+                    if self._cancelled.is_set():
+                        return _not_submitted(tid)
+                    self._collecting.add(tid)
+                try:
+                    rows = job.collect()
+                finally:
+                    with self._lock:
+                        self._collecting.discard(tid)
+                        self._collect_ended.notify_all()
             finally:
                 for tag in tags:
                     self._spark.removeTag(tag)
         except BaseException as exc:  # noqa: BLE001 - becomes the trial's outcome
-            return self._outcome_of_exception(request.tid, exc)
-        return decode_row(request.tid, rows[0])
+            return self._outcome_of_exception(tid, exc)
+        return decode_row(tid, rows[0])
 
     def cancel_all(self) -> None:
-        self._cancelled.set()
+        with self._lock:
+            first = not self._cancelled.is_set()
+            self._cancelled.set()
+            if first and self._collecting:
+                threading.Thread(
+                    target=self._interrupt_stragglers, name="connect-trials-reinterrupt", daemon=True
+                ).start()
         logger.debug("Cancelling all running jobs with tag %s", self.tag)
-        self._spark.interruptTag(self.tag)
+        self._interrupt(self.tag)
+
+    def _interrupt_stragglers(self) -> None:
+        """Interrupt again, by trial tag, the jobs whose collect() has not returned: the first
+        interruptTag may have reached the server before them."""
+        give_up_at = time.monotonic() + _REINTERRUPT_FOR_S
+        with self._lock:
+            while self._collecting and time.monotonic() < give_up_at:
+                self._collect_ended.wait(_REINTERRUPT_EVERY_S)
+                stragglers = sorted(self._collecting)
+                self._lock.release()
+                try:
+                    # One warning is enough: a server that refuses one interruption refuses all.
+                    reached = all(self._interrupt(trial_tag(self._fmin_id, tid)) for tid in stragglers)
+                finally:
+                    self._lock.acquire()
+                if not reached:
+                    return
+
+    def _interrupt(self, tag: str) -> bool:
+        """interruptTag; False (after a warning) when it failed."""
+        try:
+            self._spark.interruptTag(tag)
+        except Exception as exc:  # noqa: BLE001 - a failed interruption is reported, not raised
+            logger.warning(
+                "could not interrupt the Spark jobs tagged %s (%s); they may run on until they end",
+                tag,
+                one_line(exc),
+            )
+            return False
+        return True
 
     def _outcome_of_exception(self, tid: int, exc: BaseException) -> TrialOutcome:
-        import traceback
-
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        if self._cancelled.is_set() or _condition(exc) == "OPERATION_CANCELED":
-            kind = CANCELLED
+        if self._cancelled.is_set() or error_condition(exc) == OPERATION_CANCELED:
+            kind = OutcomeKind.CANCELLED
         elif is_unavailable(exc):
-            kind = UNAVAILABLE
+            kind = OutcomeKind.UNAVAILABLE
         else:
-            kind = FAILED
+            kind = OutcomeKind.FAILED
+            if is_python_worker_crash(text):
+                text = (
+                    "the objective's Python worker died while it ran this trial (os._exit, a "
+                    "segfault, an out-of-memory kill or a lost executor); Spark reported:\n" + text
+                )
         return TrialOutcome(tid, kind, error_type=str(type(exc)), error_text=text)
 
 
-def _condition(exc: BaseException) -> str | None:
-    get = getattr(exc, "getCondition", None) or getattr(exc, "getErrorClass", None)
-    try:
-        return get() if get is not None else None
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the Spark Connect server is gone (not that a job failed)."""
-    if isinstance(exc, ClusterUnavailableError):
-        return True
-    if _condition(exc) in {"NO_ACTIVE_SESSION", "INVALID_HANDLE.SESSION_CLOSED", "RETRIES_EXCEEDED"}:
-        return True
-    try:
-        import grpc
-    except ImportError:  # pragma: no cover - classic session without grpc
-        return False
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, grpc.RpcError):
-            code = getattr(current, "code", lambda: None)()
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return True
-        grpc_code = getattr(current, "getGrpcStatusCode", None)
-        if grpc_code is not None:
-            try:
-                if grpc_code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    return True
-            except Exception:  # noqa: BLE001
-                pass
-        current = current.__cause__ or current.__context__
-    return "UNAVAILABLE" in str(exc) and "grpc" in str(exc).lower()
+def _not_submitted(tid: int) -> TrialOutcome:
+    return TrialOutcome(
+        tid,
+        OutcomeKind.CANCELLED,
+        error_type="<class 'connect_trials.TrialCancelled'>",
+        error_text="the fmin was cancelled before this trial's job was submitted",
+    )

@@ -3,13 +3,16 @@
 Every trial job runs in a thread of its own (Spark Connect tags are thread-local) and posts
 its outcome to one queue. The loop blocks on that queue, so a finished trial frees its
 slot and the next suggestion is submitted at once: no polling. The same wait carries the
-deadline of ``timeout``. Timeout, ``loss_threshold``, ``early_stop_fn`` and Ctrl-C cancel
-running jobs through the fmin's tag, mark unfinished trials CANCEL and keep every
-finished result.
+deadline of ``timeout`` (counted from the fmin call), and the watchdog's word that the
+server is gone. Timeout, ``loss_threshold``, ``early_stop_fn`` and Ctrl-C cancel running
+jobs through the fmin's tag, mark unfinished trials CANCEL and keep every finished result.
+Whether a late result counts is decided from the client's clock only: it counts when its
+job had returned before the cancellation was issued.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import queue
@@ -25,7 +28,8 @@ from hyperopt.utils import coarse_utcnow
 from pyspark import cloudpickle
 
 from connect_trials import job
-from connect_trials.errors import ClusterUnavailableError, last_line
+from connect_trials.errors import ClusterUnavailableError, last_line, one_line
+from connect_trials.job import OutcomeKind
 from connect_trials.tracking import FminTracker
 
 logger = logging.getLogger("connect_trials")
@@ -38,6 +42,8 @@ FMIN_CANCELLED_REASON_USER = "fmin run cancelled by user"
 # (interruptTag makes a blocked collect() raise within about 0.2 s).
 _CANCEL_GRACE_S = 5.0
 _SIGNAL_SLICE_S = 0.5
+# The tid of the outcome the watchdog posts when the server is gone (no trial has it).
+_SERVER_GONE_TID = -1
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,13 @@ class SearchLimits:
     loss_threshold: float | None = None
     early_stop_fn: Callable[..., Any] | None = None
     max_queue_len: int = 1
+    # time.monotonic() at which ``timeout`` ends, when fmin started counting before the loop.
+    deadline: float | None = None
+
+    def deadline_from(self, now: float) -> float | None:
+        if self.deadline is not None:
+            return self.deadline
+        return None if self.timeout is None else now + self.timeout
 
 
 class TrialScheduler:
@@ -84,18 +97,23 @@ class TrialScheduler:
         self._early_stop_args: list[Any] = []
         # Finished trials in the order they finished: what early_stop_fn sees (see _should_stop).
         self._finished = [t for t in trials._dynamic_trials if t["state"] == base.JOB_STATE_DONE]
-        self._cancelled_at = math.inf
+        self._cancelled_at = math.inf  # time.monotonic() when the first cancellation was issued
+        self._deadline: float | None = None
+        self._settle_grace_s = _CANCEL_GRACE_S
         self.best_loss = min((_ok_loss(t) for t in self._finished), default=math.inf)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
-        deadline = None if self.limits.timeout is None else time.monotonic() + self.limits.timeout
+        self._deadline = self.limits.deadline_from(time.monotonic())
         try:
             while True:
                 self._fill_slots()
+                if self._deadline_passed():
+                    self._cancel(FMIN_CANCELLED_REASON_TIMEOUT)
+                    break
                 if not self._running:
                     break
-                outcome = self._next_outcome(deadline)
+                outcome = self._next_outcome(self._deadline)
                 if outcome is None:
                     self._cancel(FMIN_CANCELLED_REASON_TIMEOUT)
                     break
@@ -127,10 +145,19 @@ class TrialScheduler:
             except queue.Empty:
                 continue
 
+    def server_gone(self, reason: str) -> None:
+        """Called from any thread (the watchdog's) when the server is gone: ends the loop."""
+        self._completions.put(job.TrialOutcome(_SERVER_GONE_TID, OutcomeKind.UNAVAILABLE, error_text=reason))
+
+    def _deadline_passed(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
     def _fill_slots(self) -> None:
-        if self.trials._fmin_cancelled:
-            return
+        """Submit trials while slots are free; never once the fmin is cancelled or its
+        deadline has passed (points that fail before launch would loop here otherwise)."""
         while len(self._running) < self.parallelism:
+            if self.trials._fmin_cancelled or self._deadline_passed():
+                return
             if not self._pending and not self._suggest():
                 return
             self._submit(self._pending.pop(0))
@@ -156,20 +183,31 @@ class TrialScheduler:
 
     def _submit(self, trial: dict[str, Any]) -> None:
         tid = trial["tid"]
+        # Running from here on, before anything that can block or be interrupted (resolving
+        # the point, the tracker waiting for its child run): a Ctrl-C now cancels the trial
+        # instead of orphaning it.
+        self._running[tid] = trial
         now = coarse_utcnow()
         trial["state"] = base.JOB_STATE_RUNNING
         trial["book_time"] = now
         trial["refresh_time"] = now
         logger.debug("trial task %s started", tid)
         try:
-            argument = self._argument_of(trial)
-            argument_blob = cloudpickle.dumps(argument)
-        except Exception as exc:  # noqa: BLE001 - a bad point fails its trial, not the search
-            self._finish_error(trial, str(type(exc)), traceback.format_exc())
+            try:
+                argument = self._argument_of(trial)
+                argument_blob = cloudpickle.dumps(argument)
+            except Exception as exc:  # noqa: BLE001 - a bad point fails its trial, not the search
+                self._running.pop(tid)
+                self._finish_error(trial, str(type(exc)), traceback.format_exc())
+                return
+            environ = self.tracker.trial_started(trial, argument)
+        except BaseException:
+            self._finish_unlaunched(trial)  # no job was started for it; the loop unwinds
+            raise
+        if self.trials._fmin_cancelled or self._deadline_passed():
+            self._finish_unlaunched(trial)  # the tracking outlasted the fmin: launch nothing
             return
-        environ = self.tracker.trial_started(trial, argument)
         request = job.TrialRequest(tid, argument_blob, environ)
-        self._running[tid] = trial
         thread = threading.Thread(
             target=self._run_in_thread, args=(request,), name=f"connect-trials-trial-{tid}", daemon=True
         )
@@ -186,24 +224,39 @@ class TrialScheduler:
             outcome = self.executor.run_trial(request)
         except BaseException as exc:  # noqa: BLE001 - the loop must always hear back
             outcome = job.TrialOutcome(
-                request.tid, job.FAILED, error_type=str(type(exc)), error_text=repr(exc)
+                request.tid, OutcomeKind.FAILED, error_type=str(type(exc)), error_text=traceback.format_exc()
             )
-        self._completions.put(outcome)
+        # When the result reached the client, on the client's clock: what decides whether
+        # it came before a cancellation (the executor's clock is another machine's).
+        self._completions.put(dataclasses.replace(outcome, received_at=time.monotonic()))
+
+    def _finish_unlaunched(self, trial: dict[str, Any]) -> None:
+        self._running.pop(trial["tid"], None)
+        logger.debug("trial task %s cancelled before its job was submitted", trial["tid"])
+        trial["state"] = base.JOB_STATE_CANCEL
+        trial["refresh_time"] = coarse_utcnow()
+        self.tracker.trial_finished(trial, self.best_loss)
 
     # -- outcomes ---------------------------------------------------------------------------
     def _handle(self, outcome: job.TrialOutcome) -> bool:
         """Record one outcome; True when the search must stop."""
+        if outcome.tid == _SERVER_GONE_TID:
+            self._settle_grace_s = 0.0  # a dead server reports nothing more
+            raise ClusterUnavailableError(
+                f"{outcome.error_text}; fmin stopped. Every finished trial is kept in the "
+                "trials object; the running ones are cancelled."
+            )
         trial = self._running.pop(outcome.tid)
-        if outcome.kind == job.UNAVAILABLE:
+        if outcome.kind == OutcomeKind.UNAVAILABLE:
             self._finish_cancelled(trial, outcome)
             raise ClusterUnavailableError(
                 "the Spark Connect server stopped answering during fmin "
                 f"(trial {outcome.tid}); every finished trial is kept in the trials object. "
                 f"Last error: {last_line(outcome.error_text)}"
             )
-        if outcome.kind == job.CANCELLED:
+        if outcome.kind == OutcomeKind.CANCELLED:
             self._finish_cancelled(trial, outcome)
-        elif outcome.kind == job.RETURNED:
+        elif outcome.kind == OutcomeKind.RETURNED:
             try:
                 result = _validated_result(outcome.value)
             except Exception as exc:  # noqa: BLE001 - hyperopt's own rules for results
@@ -243,7 +296,12 @@ class TrialScheduler:
         self, trial: dict[str, Any], error_type: str, error_text: str, outcome: job.TrialOutcome | None = None
     ) -> None:
         tid = trial["tid"]
-        logger.error("trial task %s failed, exception is %s.\n %s", tid, error_type, error_text)
+        logger.error(
+            "trial task %s failed, exception is %s.\n %s",
+            tid,
+            _failure_summary(error_type, error_text),
+            error_text,
+        )
         trial["state"] = base.JOB_STATE_ERROR
         trial["misc"]["error"] = (error_type, error_text)
         _stamp(trial, outcome)
@@ -298,10 +356,10 @@ class TrialScheduler:
 
     def _interrupt_running(self) -> None:
         """Interrupt the running jobs through the fmin's tag; mark unfinished trials CANCEL."""
-        self._cancelled_at = min(self._cancelled_at, time.time())
-        if self._running:
-            logger.debug("Cancelling all running jobs of this fmin")
-            _call_bounded(self.executor.cancel_all, 2.0)
+        self._cancelled_at = min(self._cancelled_at, time.monotonic())
+        logger.debug("Cancelling all running jobs of this fmin")
+        # Also with no trial running: a trial thread may be about to submit its job.
+        _call_bounded(self.executor.cancel_all, 2.0)
         now = coarse_utcnow()
         for trial in list(self._running.values()) + self._pending:
             trial["state"] = base.JOB_STATE_CANCEL
@@ -310,7 +368,7 @@ class TrialScheduler:
 
     def _settle_cancelled(self) -> None:
         """Wait (bounded) for interrupted jobs to report, so their errors are recorded."""
-        deadline = time.monotonic() + _CANCEL_GRACE_S
+        deadline = time.monotonic() + self._settle_grace_s
         while self._running and time.monotonic() < deadline:
             try:
                 outcome = self._completions.get(timeout=_remaining(deadline))
@@ -319,8 +377,8 @@ class TrialScheduler:
             trial = self._running.pop(outcome.tid, None)
             if trial is None:
                 continue
-            finished_in_time = outcome.finished_at is not None and outcome.finished_at <= self._cancelled_at
-            if outcome.kind == job.RETURNED and finished_in_time:
+            finished_in_time = outcome.received_at is not None and outcome.received_at <= self._cancelled_at
+            if outcome.kind == OutcomeKind.RETURNED and finished_in_time:
                 # It finished before the cancellation and only reported after: keep it.
                 self._running[outcome.tid] = trial
                 self._handle_late(outcome)
@@ -371,7 +429,35 @@ def _stamp(trial: dict[str, Any], outcome: job.TrialOutcome | None) -> None:
         trial["misc"]["connect_trials"] = {
             "started_at": outcome.started_at,
             "finished_at": outcome.finished_at,
+            "attempt": outcome.attempt,
         }
+
+
+def _failure_summary(error_type: str, error_text: str) -> str:
+    """``Type: message`` of a failure, e.g. ``TypeError: bad operand``, for one log line."""
+    name = error_type.removeprefix("<class '").removesuffix("'>").rsplit(".", 1)[-1]
+    message = _failure_message(error_text)
+    qualified, colon, rest = message.partition(":")
+    if colon and qualified.rsplit(".", 1)[-1] == name:
+        return f"{name}:{rest}"
+    return f"{name}: {message}" if message else name
+
+
+def _failure_message(text: str) -> str:
+    """The exception's own line of a Python traceback (the last block's first unindented
+    line: what follows may be a JVM stack trace), else the text's first line."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if not lines[0].startswith("Traceback (most recent call last)"):
+        return lines[0].strip()
+    message, in_traceback = lines[-1].strip(), False
+    for line in lines:
+        if line.startswith("Traceback (most recent call last)"):
+            in_traceback = True
+        elif in_traceback and not line[0].isspace():
+            message, in_traceback = line.strip(), False
+    return message
 
 
 def _remaining(deadline: float | None) -> float | None:
@@ -388,7 +474,7 @@ def _call_bounded(fn: Callable[[], Any], seconds: float) -> None:
         try:
             fn()
         except Exception as exc:  # noqa: BLE001
-            logger.debug("cancelling jobs failed: %s", exc)
+            logger.warning("cancelling the fmin's Spark jobs failed: %s", one_line(exc))
 
     helper = threading.Thread(target=call, name="connect-trials-cancel", daemon=True)
     helper.start()

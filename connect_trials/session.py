@@ -1,19 +1,47 @@
-"""What kind of Spark session we were given, and how long it may wait for a dead server."""
+"""The Spark session we were given: what kind it is, what its errors mean, whether its server lives.
+
+The Connect client's retry policy is shared by every thread and every fmin that uses the
+session, so fmin never changes it while the server may still answer. Instead each fmin runs
+a :class:`ServerWatchdog` that opens a TCP connection to the server every second: a busy or
+briefly paused server still accepts connections (the kernel does, for a stopped process), a
+dead one refuses them. Only after ``SERVER_GONE_AFTER_S`` of refusals is the server declared
+gone; then fmin fails with ``ClusterUnavailableError`` and the dead session, which nobody can
+use any more, gets a retry policy that gives up in seconds so that the process can exit.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from connect_trials.errors import ClusterUnavailableError
 
+logger = logging.getLogger("connect_trials")
+
 CONNECT = "connect"
 CLASSIC = "classic"
 
-# A server that stops answering fails the fmin within seconds instead of the ~10 minutes
-# of the default policy: 5 retries, 0.1 s doubling to at most 1 s (about 2.5 s in all).
+# How long the server may refuse connections before fmin gives up on it: longer than a load
+# balancer's blip or a server's pause, far shorter than the client's ~10 minutes of retries.
+SERVER_GONE_AFTER_S = 20.0
+_PROBE_EVERY_S = 1.0
+_PROBE_TIMEOUT_S = 2.0
+
+# The policy of a session whose server is gone: 5 retries, 0.1 s doubling to at most 1 s
+# (about 2.5 s in all), so that what still talks to it (the release of the session at exit)
+# gives up at once instead of hanging the process.
 _RETRIES, _INITIAL_BACKOFF_MS, _MAX_BACKOFF_MS = 5, 100, 1000
+
+# Error conditions of the Connect client that say the session or its server is gone.
+_SESSION_GONE_CONDITIONS = frozenset(
+    {"NO_ACTIVE_SESSION", "INVALID_HANDLE.SESSION_CLOSED", "RETRIES_EXCEEDED"}
+)
+OPERATION_CANCELED = "OPERATION_CANCELED"
 
 
 def session_kind(spark: Any) -> str | None:
@@ -32,9 +60,155 @@ def session_kind(spark: Any) -> str | None:
     return None
 
 
+# -- what an error means ----------------------------------------------------------------------------
+def error_condition(exc: BaseException) -> str | None:
+    """The Spark error condition of ``exc`` (e.g. ``OPERATION_CANCELED``), if it has one."""
+    get = getattr(exc, "getCondition", None) or getattr(exc, "getErrorClass", None)
+    try:
+        return get() if get is not None else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the Spark Connect server is gone (not that a job failed)."""
+    if isinstance(exc, ClusterUnavailableError):
+        return True
+    if error_condition(exc) in _SESSION_GONE_CONDITIONS:
+        return True
+    try:
+        import grpc
+    except ImportError:  # pragma: no cover - classic session without grpc
+        return False
+    gone_codes = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, grpc.RpcError):
+            code = getattr(current, "code", lambda: None)()
+            if code in gone_codes:
+                return True
+        grpc_code = getattr(current, "getGrpcStatusCode", None)
+        if grpc_code is not None:
+            try:
+                if grpc_code() in gone_codes:
+                    return True
+            except Exception:  # noqa: BLE001
+                pass
+        current = current.__cause__ or current.__context__
+    return "UNAVAILABLE" in str(exc) and "grpc" in str(exc).lower()
+
+
+def is_python_worker_crash(text: str | None) -> bool:
+    """Whether a failed job's error says its Python worker died (os._exit, a segfault, a kill)."""
+    return "Python worker exited unexpectedly" in (text or "")
+
+
+# -- is the server there? ------------------------------------------------------------------------
+def server_address(spark: Any) -> tuple[str, int] | None:
+    """Host and port of a Connect session's server, or None (classic session, custom channel)."""
+    if session_kind(spark) != CONNECT:
+        return None
+    try:
+        host, _, port = str(spark.client._builder.endpoint).rpartition(":")
+        return host.strip("[]"), int(port)
+    except Exception:  # noqa: BLE001 - a channel builder without an endpoint
+        return None
+
+
+class ServerWatchdog:
+    """Declares a server gone after it refused TCP connections for ``gone_after`` seconds.
+
+    Runs in a thread of its own for one fmin; ``on_gone`` is called once, from that thread.
+    Nothing it does touches the session, so other users of the session see no change."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        on_gone: Callable[[str], None],
+        gone_after: float = SERVER_GONE_AFTER_S,
+        probe_every: float = _PROBE_EVERY_S,
+    ) -> None:
+        self.address = address
+        self._on_gone = on_gone
+        self._gone_after = gone_after
+        self._probe_every = probe_every
+        self._stopped = threading.Event()
+        self.gone = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="connect-trials-watchdog", daemon=True)
+
+    def __enter__(self) -> ServerWatchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopped.set()
+
+    def _watch(self) -> None:
+        refused_since: float | None = None
+        while not self._stopped.wait(self._probe_every):
+            error = _refusal(self.address)
+            if error is None:
+                refused_since = None
+                continue
+            now = time.monotonic()
+            if refused_since is None:
+                refused_since = now
+                logger.warning(
+                    "the Spark Connect server at %s:%s does not accept connections (%s); "
+                    "fmin gives up on it after %.0f s",
+                    *self.address,
+                    error,
+                    self._gone_after,
+                )
+            if now - refused_since >= self._gone_after:
+                self.gone.set()
+                self._on_gone(
+                    f"the Spark Connect server at {self.address[0]}:{self.address[1]} refused "
+                    f"connections for {now - refused_since:.0f} s ({error})"
+                )
+                return
+
+
+def _refusal(address: tuple[str, int]) -> str | None:
+    """None when the server accepts a TCP connection, else why not."""
+    try:
+        with socket.create_connection(address, timeout=_PROBE_TIMEOUT_S):
+            return None
+    except OSError as exc:
+        return str(exc) or type(exc).__name__
+
+
+def give_up_quickly(spark: Any) -> None:
+    """Bound the retries of a session whose server is gone: nobody can use it any more, and
+    what still talks to it (a call already retrying, pyspark's release of the session at
+    exit) must not hang. Calls already in their retry loop stop at their next attempt."""
+    if session_kind(spark) != CONNECT:
+        return
+    from pyspark.sql.connect.client.retries import DefaultPolicy
+
+    client = spark.client
+    for policy in client.get_retry_policies():
+        policy.max_retries = 0  # read by in-flight retry loops at their next attempt
+    client.set_retry_policies([_bounded_policy(DefaultPolicy)])
+
+
+def _bounded_policy(policy_class: Any) -> Any:
+    return policy_class(
+        max_retries=_RETRIES,
+        initial_backoff=_INITIAL_BACKOFF_MS,
+        backoff_multiplier=2.0,
+        max_backoff=_MAX_BACKOFF_MS,
+        jitter=0,
+    )
+
+
 @contextlib.contextmanager
 def bounded_retries(spark: Any) -> Iterator[None]:
-    """Within the block, the Connect client gives up on an unreachable server in seconds.
+    """For the owner of a session (benchmarks, scripts): within the block, the Connect client
+    gives up on an unreachable server in seconds. fmin does not use it: it would change the
+    policy for every other user of the session.
 
     The client's own policies come back when the block ends, unless it ends because the
     server is gone."""
@@ -45,25 +219,11 @@ def bounded_retries(spark: Any) -> Iterator[None]:
 
     client = spark.client
     saved = client.get_retry_policies()
-    client.set_retry_policies(
-        [
-            DefaultPolicy(
-                max_retries=_RETRIES,
-                initial_backoff=_INITIAL_BACKOFF_MS,
-                backoff_multiplier=2.0,
-                max_backoff=_MAX_BACKOFF_MS,
-                jitter=0,
-            )
-        ]
-    )
+    client.set_retry_policies([_bounded_policy(DefaultPolicy)])
     server_gone = False
     try:
         yield
     except ClusterUnavailableError:
-        # The server is gone and this session with it (a restarted server answers
-        # NO_ACTIVE_SESSION). Keep the bounded policy so that what still talks to the dead
-        # server, such as pyspark's release of the session at exit, gives up in seconds
-        # instead of hanging the process for ten minutes.
         server_gone = True
         raise
     finally:

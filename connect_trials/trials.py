@@ -13,11 +13,13 @@ Connect session (``sc://`` URL, ``SPARK_REMOTE``) or a classic one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import numbers
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -27,12 +29,13 @@ from hyperopt import base, progress, tpe
 from hyperopt.base import Trials
 
 from connect_trials import cluster, job
+from connect_trials.errors import ClusterUnavailableError
 from connect_trials.scheduler import (
     FMIN_CANCELLED_REASON_USER,
     SearchLimits,
     TrialScheduler,
 )
-from connect_trials.session import bounded_retries, session_kind
+from connect_trials.session import ServerWatchdog, give_up_quickly, server_address, session_kind
 from connect_trials.tracking import FminSettings, FminTracker, create_tracker
 
 logger = logging.getLogger("connect_trials")
@@ -181,6 +184,7 @@ class ConnectTrials(Trials):
         trials_save_file: str = "",
     ) -> Any:
         """Called by :func:`hyperopt.fmin`; see it for the arguments."""
+        called_at = time.monotonic()  # timeout counts from here, uploads and tracking included
         if pass_expr_memo_ctrl:
             raise ValueError(
                 "pass_expr_memo_ctrl is not supported by ConnectTrials: the objective runs on a "
@@ -227,6 +231,10 @@ class ConnectTrials(Trials):
                 f"at most {max_evals} trials will run at once."
             )
 
+        # A new fmin call runs its trials even if the last one on these trials was cancelled
+        # (resuming with a larger max_evals is how users continue a search).
+        self._fmin_cancelled = False
+        self._fmin_cancelled_reason = None
         objective_blob = job.pickle_objective(fn)
         domain = base.Domain(fn, space, pass_expr_memo_ctrl=None)
         limits = SearchLimits(
@@ -235,47 +243,93 @@ class ConnectTrials(Trials):
             loss_threshold=loss_threshold,
             early_stop_fn=early_stop_fn,
             max_queue_len=int(max_queue_len),
+            deadline=None if self.timeout is None else called_at + self.timeout,
         )
         fmin_id = uuid.uuid4().hex
         progress_callback = _progress_callback(show_progressbar, verbose)
         total = int(max_evals) if max_evals != sys.maxsize else None
-        # Everything that talks to the server, the objective's upload included, runs under
-        # the bounded retry policy: a dead server fails the fmin in seconds.
-        with bounded_retries(self._spark):
-            executor = job.SparkJobExecutor(self._spark, fmin_id, objective_blob, self._resource_profile)
-            tracker = create_tracker(self._spark, self.mlflow_tracking)
-            tracker.fmin_started(
-                FminSettings(
-                    fmin_id=fmin_id,
-                    max_evals=int(max_evals),
-                    parallelism=self.parallelism,
-                    user_specified_parallelism=self.user_specified_parallelism,
-                    timeout=self.timeout,
-                    algo=algo,
-                    max_queue_len=int(max_queue_len),
-                    space=space,
-                )
+        settings = FminSettings(
+            fmin_id=fmin_id,
+            max_evals=int(max_evals),
+            parallelism=self.parallelism,
+            user_specified_parallelism=self.user_specified_parallelism,
+            timeout=self.timeout,
+            algo=algo,
+            max_queue_len=int(max_queue_len),
+            space=space,
+        )
+        tracker = create_tracker(self._spark, self.mlflow_tracking)
+        # The client's retry policy is left alone (other threads and fmins share it); a
+        # watchdog tells a dead server from a slow one instead (see session.py), from the
+        # objective's upload to the last trial.
+        server_gone = _ServerGoneRelay(self._spark)
+        address = server_address(self._spark)
+        error: BaseException | None = None
+        try:
+            watchdog = ServerWatchdog(address, server_gone) if address else None
+            with watchdog or contextlib.nullcontext():
+                self._start_and_run(
+                    settings, objective_blob, domain, algo, rstate, limits, tracker,
+                    progress_callback, total, server_gone,
+                )  # fmt: skip
+        except BaseException as exc:
+            error = exc
+            if isinstance(exc, KeyboardInterrupt):
+                self._fmin_cancelled = True
+                self._fmin_cancelled_reason = FMIN_CANCELLED_REASON_USER
+            raise
+        finally:
+            tracker.fmin_finished(self, error)
+            logger.info(
+                f"Total Trials: {self.count_total_trials()}: {self.count_successful_trials()} "
+                f"succeeded, {self.count_failed_trials()} failed, "
+                f"{self.count_cancelled_trials()} cancelled."
             )
-            self._run_scheduler(domain, algo, rstate, executor, limits, tracker, progress_callback, total)
         self.refresh()
         return _fmin_return_value(self, space, return_argmin)
+
+    def _start_and_run(
+        self,
+        settings: FminSettings,
+        objective_blob: bytes,
+        domain: base.Domain,
+        algo: Callable[..., Any],
+        rstate: np.random.Generator,
+        limits: SearchLimits,
+        tracker: FminTracker,
+        progress_callback: Any,
+        total: int | None,
+        server_gone: _ServerGoneRelay,
+    ) -> None:
+        """Open the tracking, ship the objective (after the tracking: its environment travels
+        with it), run the trials."""
+        tracker.fmin_started(settings)
+        # The fmin's worker environment (credentials included) travels once, inside the
+        # objective's artifact, never inside a job's plan; trackers without it send none.
+        fmin_environ: dict[str, str] = getattr(tracker, "worker_environ", lambda: {})()
+        executor = job.SparkJobExecutor(
+            self._spark, settings.fmin_id, objective_blob, fmin_environ, self._resource_profile
+        )
+        self._run_scheduler(
+            domain, algo, rstate, executor, limits, tracker, progress_callback, total, server_gone
+        )
 
     def _run_scheduler(
         self,
         domain: base.Domain,
         algo: Callable[..., Any],
         rstate: np.random.Generator,
-        executor: job.SparkJobExecutor,
+        executor: job.TrialExecutor,
         limits: SearchLimits,
         tracker: FminTracker,
         progress_callback: Any,
         total: int | None,
+        server_gone: _ServerGoneRelay,
     ) -> None:
-        """Run the trials; whatever happens, close the tracking and log the summary line."""
-        error: BaseException | None = None
+        """Run the trials; say how the fmin thread ended."""
         try:
             with progress_callback(initial=0, total=total) as progress_ctx:
-                TrialScheduler(
+                scheduler = TrialScheduler(
                     trials=self,
                     domain=domain,
                     algo=algo,
@@ -285,26 +339,22 @@ class ConnectTrials(Trials):
                     limits=limits,
                     tracker=tracker,
                     progress=progress_ctx,
-                ).run()
-        except KeyboardInterrupt as exc:
-            error = exc
-            self._fmin_cancelled = True
-            self._fmin_cancelled_reason = FMIN_CANCELLED_REASON_USER
-            logger.debug("fmin thread terminated by user.")
+                )
+                server_gone.scheduler = scheduler
+                scheduler.run()
+        except ClusterUnavailableError:
+            # The session died with its server: let what still talks to it give up quickly.
+            give_up_quickly(self._spark)
+            logger.debug("fmin thread exits with an exception raised.")
             raise
-        except BaseException as exc:
-            error = exc
+        except KeyboardInterrupt:
+            logger.debug("fmin thread terminated by user.")  # fmin marks the cancellation
+            raise
+        except BaseException:
             logger.debug("fmin thread exits with an exception raised.")
             raise
         else:
             logger.debug("fmin thread exits normally.")
-        finally:
-            tracker.fmin_finished(self, error)
-            logger.info(
-                f"Total Trials: {self.count_total_trials()}: {self.count_successful_trials()} "
-                f"succeeded, {self.count_failed_trials()} failed, "
-                f"{self.count_cancelled_trials()} cancelled."
-            )
 
     def _accept_resource_profile(self, resource_profile: Any) -> Any:
         if resource_profile is None:
@@ -324,6 +374,21 @@ class ConnectTrials(Trials):
             )
             return None
         return resource_profile
+
+
+class _ServerGoneRelay:
+    """What follows the watchdog's word that the server is gone: the dead session's retries
+    end, and the fmin's scheduler stops (if it runs yet: before it does, the bounded
+    retries fail the setup's calls instead)."""
+
+    def __init__(self, spark: Any) -> None:
+        self._spark = spark
+        self.scheduler: TrialScheduler | None = None
+
+    def __call__(self, reason: str) -> None:
+        give_up_quickly(self._spark)
+        if self.scheduler is not None:
+            self.scheduler.server_gone(reason)
 
 
 def _fmin_return_value(trials: ConnectTrials, space: Any, return_argmin: bool) -> Any:

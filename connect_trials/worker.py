@@ -6,15 +6,18 @@ imports nothing but the standard library at module level. It imports nothing fro
 client-side scheduler.
 
 What happens in the task:
-1. The MLflow shim sets the environment for the trial's child run (tracking URI, run id,
-   experiment id, credentials) so that MLflow calls in the objective land on that run.
-2. The objective is called once with its argument, already resolved on the client.
-3. Whatever happens (a return value, an exception, a value that does not pickle), the task
-   itself succeeds and yields one row: Spark never sees a failure, so it never retries
-   the trial, and a retried attempt after a lost executor refuses to run the objective
-   a second time.
-4. The environment is restored and any MLflow run the objective left open is ended,
-   because Python workers are reused across tasks.
+1. The MLflow shim sets the environment for the trial's child run: the fmin's variables
+   (tracking URI, experiment id, credentials), which travel once per fmin inside the
+   objective's payload and never inside a Spark plan, then the trial's own (its run id).
+2. The objective is called with its argument, already resolved on the client.
+3. Whatever the objective does (return, raise, return a value that does not pickle), the
+   task itself succeeds and yields one row, so Spark retries a trial's task only when its
+   Python worker or executor died under it. Such a retry runs the objective again, up to
+   ``MAX_OBJECTIVE_ATTEMPTS`` attempts in all; a later one is refused, so an objective that
+   kills its own worker cannot run forever.
+4. The environment is restored (by difference: other threads of the worker may read it)
+   and any MLflow run the objective left open is ended, because Python workers are reused
+   across tasks.
 """
 
 from __future__ import annotations
@@ -36,14 +39,19 @@ STATUS_RETURNED = "returned"
 STATUS_RAISED = "raised"
 STATUS_REFUSED = "refused"
 
+# Attempts of one trial's task that may run the objective: the first, and one more after its
+# Python worker or executor died (a lost executor, a speculative copy). Later ones are refused.
+MAX_OBJECTIVE_ATTEMPTS = 2
+
 
 def trial_task(
     objective: bytes | str, argument_blob: bytes, environ: dict[str, str]
 ) -> Callable[[Iterable[Any]], Iterator[Any]]:
     """The ``mapInPandas`` function of one trial: runs the objective, yields one row.
 
-    ``objective`` is the pickled objective itself, or the name of the session artifact
-    that holds it (shipped once per fmin, see ``job.ship_objective``)."""
+    ``objective`` is the fmin's payload (see :func:`objective_payload`) itself, or the name
+    of the session artifact that holds it (shipped once per fmin, see
+    ``job.ship_objective``). ``environ`` holds the trial's own, non-secret variables."""
 
     def run(batches: Iterable[Any]) -> Iterator[Any]:
         for _ in batches:  # one empty-ish input row; consume it so Spark sees the input done
@@ -53,8 +61,14 @@ def trial_task(
     return run
 
 
+def objective_payload(objective_blob: bytes, fmin_environ: dict[str, str]) -> bytes:
+    """What one fmin ships to the workers once: the pickled objective and the fmin's
+    environment for it (plain pickle of bytes and strings, readable with the stdlib)."""
+    return pickle.dumps({"objective": objective_blob, "environ": dict(fmin_environ)})
+
+
 def run_trial(objective_ref: bytes | str, argument_blob: bytes, environ: dict[str, str]) -> dict[str, Any]:
-    """Call the objective once and describe what happened, never raising."""
+    """Call the objective and describe what happened, never raising."""
     started_at = time.time()
     attempt = _task_attempt()
     row: dict[str, Any] = {
@@ -64,21 +78,24 @@ def run_trial(objective_ref: bytes | str, argument_blob: bytes, environ: dict[st
         "error_text": None,
         "attempt": attempt,
     }
-    if attempt > 0:
+    if attempt >= MAX_OBJECTIVE_ATTEMPTS:
         row.update(
             status=STATUS_REFUSED,
             error_type="<class 'connect_trials.TrialRetriedError'>",
             error_text=(
-                f"Spark retried this trial's task (attempt {attempt}) after the first attempt "
-                "was lost with its executor; the objective is not run twice."
+                f"Spark retried this trial's task once more (attempt {attempt}, counting from "
+                f"0): in each of the {attempt} earlier attempts the objective's Python worker "
+                "or its executor died before the trial ended (os._exit, a segfault, an OOM kill, a lost "
+                f"executor). The objective is run at most {MAX_OBJECTIVE_ATTEMPTS} times."
             ),
         )
     else:
         saved_environ = dict(os.environ)
         saved_mlflow_state = _mlflow_process_state()
-        os.environ.update(environ)
         try:
-            objective = _load_objective(objective_ref)
+            objective, fmin_environ = _load_objective(objective_ref)
+            os.environ.update(fmin_environ)
+            os.environ.update(environ)
             argument = pickle.loads(argument_blob)
             value = objective(argument)
             row["value"] = _dumps(value)
@@ -92,8 +109,7 @@ def run_trial(objective_ref: bytes | str, argument_blob: bytes, environ: dict[st
         finally:
             _end_mlflow_runs(failed=row["status"] == STATUS_RAISED)
             _restore_mlflow_process_state(saved_mlflow_state)
-            os.environ.clear()
-            os.environ.update(saved_environ)
+            _restore_environ(saved_environ)
     row["started_at"] = started_at
     row["finished_at"] = time.time()
     return row
@@ -106,9 +122,20 @@ _CACHE_MODULE = "_connect_trials_objective_cache"
 _CACHE_SIZE = 4
 
 
-def _load_objective(ref: bytes | str) -> Any:
+def _restore_environ(saved: dict[str, str]) -> None:
+    """Undo what the task changed in ``os.environ``, key by key: clearing it, even for a
+    moment, would hide every variable from the worker's other threads."""
+    for key in [k for k in os.environ if k not in saved]:
+        os.environ.pop(key, None)
+    for key, value in saved.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
+def _load_objective(ref: bytes | str) -> tuple[Any, dict[str, str]]:
+    """The objective and the fmin's environment, from the payload inline or in an artifact."""
     if isinstance(ref, bytes):
-        return pickle.loads(ref)
+        return _unpack(ref)
     cache_module = sys.modules.get(_CACHE_MODULE)
     if cache_module is None:
         import types
@@ -117,11 +144,17 @@ def _load_objective(ref: bytes | str) -> Any:
     cache: dict[str, Any] = cache_module.__dict__.setdefault("objectives", {})
     if ref not in cache:
         with open(_artifact_path(ref), "rb") as f:
-            objective = pickle.load(f)
+            loaded = _unpack(f.read())
         while len(cache) >= _CACHE_SIZE:
             cache.pop(next(iter(cache)))
-        cache[ref] = objective
-    return cache[ref]
+        cache[ref] = loaded
+    objective, fmin_environ = cache[ref]
+    return objective, fmin_environ
+
+
+def _unpack(payload: bytes) -> tuple[Any, dict[str, str]]:
+    parts = pickle.loads(payload)
+    return pickle.loads(parts["objective"]), dict(parts["environ"])
 
 
 def _artifact_path(name: str) -> str:

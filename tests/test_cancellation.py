@@ -283,3 +283,117 @@ def test_an_early_stop_fn_that_raises_fails_fmin_and_cancels_running_trials(spar
     assert time.monotonic() - t0 < 30
     assert trials.count_cancelled_trials() >= 1
     assert trials.count_successful_trials() >= 1
+
+
+class HeldSockets:
+    """Accepts the objectives' connections; each stays open while its Python worker lives."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self.first = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+            self.first.set()
+
+    def all_closed_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        for conn in list(self.accepted):
+            conn.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                if conn.recv(1) != b"":
+                    return False
+            except TimeoutError:
+                return False
+        return True
+
+
+def test_a_timed_out_fmin_leaves_no_job_of_its_tag_running_on_the_server(spark):
+    held = HeldSockets()
+    port = held.port
+
+    def objective(x: float) -> float:
+        import socket
+        import time
+
+        connection = socket.create_connection(("127.0.0.1", port))  # open while this worker lives
+        time.sleep(120)
+        connection.close()
+        return x
+
+    trials = ConnectTrials(parallelism=2, timeout=3, spark_session=spark)
+    fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 6, trials=trials, return_argmin=False)
+    assert trials.fmin_cancelled_reason == "fmin run timeout"
+    assert held.first.is_set() and trials.count_successful_trials() == 0
+    # The server killed the Python worker of every job it ran for this fmin: each socket closed.
+    assert held.all_closed_within(30), "a job of the timed-out fmin still runs on the server"
+    held.listener.close()
+
+
+def test_a_new_fmin_on_cancelled_trials_runs_its_trials(spark):
+    trials = ConnectTrials(parallelism=1, spark_session=spark)
+    fmin(
+        lambda x: x,
+        hp.uniform("x", 0, 1),
+        rand.suggest,
+        5,
+        trials=trials,
+        early_stop_fn=lambda t, *a: (True, []),
+    )
+    assert trials.fmin_cancelled_reason == "early stopping condition"
+    assert len(trials.trials) == 1
+    fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, 3, trials=trials, show_progressbar=False)
+    assert trials.count_successful_trials() == 3
+    assert trials.fmin_cancelled_reason is None
+
+
+class SlowTracker:
+    """A tracker whose server takes longer to open the parent run than fmin's timeout."""
+
+    def __init__(self, seconds: float = 0.0, interrupt: bool = False) -> None:
+        self.seconds = seconds
+        self.interrupt = interrupt
+        self.finished = threading.Event()
+
+    def fmin_started(self, settings) -> None:
+        if self.interrupt:
+            raise KeyboardInterrupt
+        time.sleep(self.seconds)
+
+    def trial_started(self, trial, argument):
+        return {}
+
+    def trial_finished(self, trial, best_loss) -> None:
+        pass
+
+    def fmin_finished(self, trials, error) -> None:
+        self.finished.set()
+
+
+def test_timeout_counts_from_the_fmin_call_tracking_setup_included(spark, monkeypatch):
+    tracker = SlowTracker(seconds=2.0)
+    monkeypatch.setattr("connect_trials.trials.create_tracker", lambda spark, enabled: tracker)
+    trials = ConnectTrials(parallelism=1, timeout=1.5, spark_session=spark)
+    started = time.monotonic()
+    fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, 5, trials=trials, return_argmin=False)
+    assert time.monotonic() - started < 1.5 + 3
+    assert trials.fmin_cancelled_reason == "fmin run timeout"
+    assert trials.count_total_trials() == 0  # its time was up before any trial could start
+    assert tracker.finished.is_set()
+
+
+def test_a_ctrl_c_while_the_tracking_starts_still_closes_the_tracking(spark, monkeypatch):
+    tracker = SlowTracker(interrupt=True)
+    monkeypatch.setattr("connect_trials.trials.create_tracker", lambda spark, enabled: tracker)
+    trials = ConnectTrials(parallelism=1, spark_session=spark)
+    with pytest.raises(KeyboardInterrupt):
+        fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, 5, trials=trials)
+    assert tracker.finished.is_set()

@@ -242,3 +242,51 @@ def test_parallelism_bounds_the_trials_in_flight(spark, tmp_path):
         in_flight = sum(1 for s, f in spans if s <= start < f)
         assert in_flight <= 2
     assert max(sum(1 for s, f in spans if s <= start < f) for start, _ in spans) == 2
+
+
+def test_an_objective_that_kills_its_python_worker_ends_error_and_says_so(spark):
+    def objective(x: float) -> float:
+        import os
+
+        os._exit(3)
+
+    trials = ConnectTrials(parallelism=1, spark_session=spark)
+    fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 1, trials=trials, return_argmin=False)
+    assert trials.count_failed_trials() == 1
+    _, text = trials._dynamic_trials[0]["misc"]["error"]
+    assert text.startswith("the objective's Python worker died while it ran this trial"), text[:300]
+
+
+def test_each_trial_records_the_attempt_that_ran_it(spark):
+    trials = ConnectTrials(parallelism=2, spark_session=spark)
+    fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, 2, trials=trials)
+    for trial in trials.trials:
+        stamps = trial["misc"]["connect_trials"]
+        assert stamps["attempt"] == 0
+        assert stamps["started_at"] <= stamps["finished_at"]
+
+
+def test_two_concurrent_fmins_on_one_session_both_finish_and_leave_its_retry_policy_alone(spark):
+    import threading
+
+    policies_before = spark.client.get_retry_policies()
+    results: dict[int, ConnectTrials] = {}
+    errors: list[BaseException] = []
+
+    def search(seed: int) -> None:
+        try:
+            trials = ConnectTrials(parallelism=1, spark_session=spark)
+            fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, 3, trials=trials,
+                 rstate=np.random.default_rng(seed), show_progressbar=False)  # fmt: skip
+            results[seed] = trials
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=search, args=(seed,)) for seed in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    assert [results[seed].count_successful_trials() for seed in (1, 2)] == [3, 3]
+    assert spark.client.get_retry_policies() == policies_before

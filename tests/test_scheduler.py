@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
 import numpy as np
+import pytest
 from hyperopt import base, hp, rand
 
 from connect_trials import job
+from connect_trials.errors import ClusterUnavailableError
+from connect_trials.job import OutcomeKind
 from connect_trials.scheduler import SearchLimits, TrialScheduler
 from connect_trials.tracking import FminTracker
+from tests.conftest import captured_log
 
 
 class FakeTrials(base.Trials):
@@ -35,9 +40,9 @@ class GatedExecutor:
         self.submitted[request.tid].set()
         gate.wait()
         if self.cancelled.is_set():
-            return job.TrialOutcome(request.tid, job.CANCELLED, error_type="cancelled")
+            return job.TrialOutcome(request.tid, OutcomeKind.CANCELLED, error_type="cancelled")
         return job.TrialOutcome(
-            request.tid, job.RETURNED, value=float(request.tid), started_at=0.0, finished_at=0.0
+            request.tid, OutcomeKind.RETURNED, value=float(request.tid), started_at=0.0, finished_at=0.0
         )
 
     def release(self, tid: int) -> None:
@@ -126,3 +131,190 @@ def test_max_evals_counts_the_trials_already_present():
     _, again = make_scheduler(executor, max_evals=5, trials=trials)
     again.run()
     assert len(trials.trials) == 5
+
+
+class ReturningExecutor:
+    """Returns each trial's value at once (or raises the given error for every trial)."""
+
+    def __init__(self, outcome_kind=OutcomeKind.RETURNED, error_text=None):
+        self.kind = outcome_kind
+        self.error_text = error_text
+        self.submitted: list[int] = []
+        self.cancelled = threading.Event()
+
+    def run_trial(self, request):
+        self.submitted.append(request.tid)
+        return job.TrialOutcome(
+            request.tid, self.kind, value=0.5, error_type="<class 'ValueError'>", error_text=self.error_text
+        )
+
+    def cancel_all(self):
+        self.cancelled.set()
+
+
+class RecordingTracker(FminTracker):
+    """Records the trials it saw finish; ``on_trial_started`` may block, sleep or raise."""
+
+    def __init__(self, on_trial_started=None):
+        self.on_trial_started = on_trial_started or (lambda tid: None)
+        self.finished: list[int] = []
+
+    def trial_started(self, trial, argument):
+        self.on_trial_started(trial["tid"])
+        return {}
+
+    def trial_finished(self, trial, best_loss):
+        self.finished.append(trial["tid"])
+
+
+def test_ctrl_c_while_a_trial_starts_its_tracking_cancels_that_trial():
+    executor = GatedExecutor()
+
+    def interrupted_for_the_second_trial(tid):
+        if tid == 1:
+            assert executor.submitted[0].wait(5)
+            raise KeyboardInterrupt  # a Ctrl-C landing while the tracker creates the child run
+
+    tracker = RecordingTracker(interrupted_for_the_second_trial)
+    trials, scheduler = make_scheduler(executor, max_evals=4, parallelism=2)
+    scheduler.tracker = tracker
+    with pytest.raises(KeyboardInterrupt):
+        scheduler.run()
+    states = {t["tid"]: t["state"] for t in trials._dynamic_trials}
+    assert states[0] == states[1] == base.JOB_STATE_CANCEL
+    assert base.JOB_STATE_RUNNING not in states.values()
+    assert sorted(tracker.finished) == [0, 1]  # trial 1's child run is ended too
+    assert trials._fmin_cancelled_reason == "fmin run cancelled by user"
+
+
+def test_timeout_bounds_the_search_when_every_point_fails_before_launch():
+    unpicklable = threading.Lock()
+    trials = FakeTrials()
+    domain = base.Domain(lambda x: 0.0, hp.choice("x", [unpicklable]))
+    executor = ReturningExecutor()
+    scheduler = TrialScheduler(
+        trials=trials,
+        domain=domain,
+        algo=rand.suggest,
+        rstate=np.random.default_rng(0),
+        executor=executor,
+        parallelism=2,
+        limits=SearchLimits(max_evals=sys.maxsize, timeout=1.0),
+        tracker=FminTracker(),
+        progress=NullProgress(),
+    )
+    done = threading.Event()
+    loop = threading.Thread(target=lambda: (scheduler.run(), done.set()), daemon=True)
+    started = time.monotonic()
+    loop.start()
+    assert done.wait(1.0 + 5), "the search spun on past its timeout"
+    assert time.monotonic() - started < 1.0 + 5
+    assert trials._fmin_cancelled_reason == "fmin run timeout"
+    assert executor.submitted == []
+    assert trials.count_by_state_unsynced(base.JOB_STATE_ERROR) >= 1
+
+
+def test_a_deadline_that_passed_before_the_loop_submits_no_trial():
+    executor = ReturningExecutor()
+    trials, scheduler = make_scheduler(executor, max_evals=4, timeout=5.0, deadline=time.monotonic())
+    scheduler.run()
+    assert executor.submitted == []
+    assert trials._fmin_cancelled_reason == "fmin run timeout"
+
+
+def test_a_trial_whose_tracking_outlasts_the_deadline_is_not_submitted():
+    executor = ReturningExecutor()
+    deadline = time.monotonic() + 0.3
+    # The tracker is slow (its server lags) for the first trial: by the time it returns,
+    # the fmin's time is up.
+    tracker = RecordingTracker(lambda tid: time.sleep(max(deadline - time.monotonic(), 0) + 0.05))
+    trials, scheduler = make_scheduler(executor, max_evals=4, timeout=0.3, deadline=deadline)
+    scheduler.tracker = tracker
+    scheduler.run()
+    assert executor.submitted == []
+    assert [t["state"] for t in trials._dynamic_trials] == [base.JOB_STATE_CANCEL]
+    assert tracker.finished == [0]
+
+
+class SkewedClockExecutor(GatedExecutor):
+    """A gated executor whose machine's clock is an hour off: its timestamps mean nothing here."""
+
+    def __init__(self, skew_s: float) -> None:
+        super().__init__()
+        self.skew_s = skew_s
+
+    def run_trial(self, request):
+        gate = self.gates.setdefault(request.tid, threading.Event())
+        self.submitted[request.tid].set()
+        gate.wait()
+        now = time.time() + self.skew_s
+        return job.TrialOutcome(
+            request.tid, OutcomeKind.RETURNED, value=float(request.tid), started_at=now, finished_at=now
+        )
+
+
+def test_a_result_that_arrives_after_the_cancellation_is_dropped_whatever_the_executors_clock():
+    executor = SkewedClockExecutor(skew_s=-3600.0)  # its finished_at looks long before the cancel
+    trials, scheduler = make_scheduler(executor, max_evals=1, parallelism=1, timeout=0.2)
+    scheduler.run()  # the timeout's cancel_all opens the gate: the job returns only afterwards
+    assert trials._dynamic_trials[0]["state"] == base.JOB_STATE_CANCEL
+
+
+def test_a_result_that_arrived_before_the_cancellation_is_kept_whatever_the_executors_clock():
+    executor = SkewedClockExecutor(skew_s=+3600.0)  # its finished_at looks long after the cancel
+    executor.release(0)
+    deadline = time.monotonic() + 0.3
+
+    def slow_tracking(tid):
+        if tid == 1:  # trial 0 returns meanwhile; the deadline passes before the loop looks
+            time.sleep(max(deadline - time.monotonic(), 0) + 0.05)
+
+    trials, scheduler = make_scheduler(executor, max_evals=2, parallelism=2, timeout=0.3, deadline=deadline)
+    scheduler.tracker = RecordingTracker(slow_tracking)
+    scheduler.run()
+    states = {t["tid"]: t["state"] for t in trials._dynamic_trials}
+    assert states == {0: base.JOB_STATE_DONE, 1: base.JOB_STATE_CANCEL}
+
+
+def test_a_server_declared_gone_fails_the_search_keeps_finished_trials_and_cancels_running_ones():
+    executor = GatedExecutor()
+    executor.release(0)
+    trials, scheduler = make_scheduler(executor, max_evals=3, parallelism=2)
+    finished_zero = threading.Event()
+    scheduler.tracker = RecordingTracker()
+    original = scheduler.tracker.trial_finished
+
+    def trial_finished(trial, best_loss):
+        original(trial, best_loss)
+        if trial["tid"] == 0:
+            finished_zero.set()
+
+    scheduler.tracker.trial_finished = trial_finished
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            scheduler.run()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    loop = threading.Thread(target=run, daemon=True)
+    loop.start()
+    assert finished_zero.wait(5) and executor.submitted[2].wait(5)
+    scheduler.server_gone("the server refused connections for 20 s")
+    loop.join(10)
+    assert not loop.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], ClusterUnavailableError)
+    assert "refused connections" in str(errors[0])
+    states = {t["tid"]: t["state"] for t in trials._dynamic_trials}
+    assert states[0] == base.JOB_STATE_DONE
+    assert states[1] == states[2] == base.JOB_STATE_CANCEL
+
+
+def test_the_failure_line_keeps_the_exceptions_message():
+    text = 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: x is out of range\n'
+    executor = ReturningExecutor(OutcomeKind.RAISED, error_text=text)
+    _, scheduler = make_scheduler(executor, max_evals=1, parallelism=1)
+    with captured_log() as out:
+        scheduler.run()
+    assert "trial task 0 failed, exception is ValueError: x is out of range." in out.getvalue()

@@ -36,3 +36,78 @@ def test_bounded_retries_give_the_client_its_policies_back_unless_the_server_is_
     except ClusterUnavailableError:
         pass
     assert client.policies != ["default"]
+
+
+def test_the_watchdog_keeps_quiet_while_the_server_accepts_and_speaks_once_it_refuses():
+    import socket
+    import threading
+
+    from connect_trials.session import ServerWatchdog
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = listener.getsockname()
+    gone: list[str] = []
+    declared = threading.Event()
+
+    def on_gone(reason: str) -> None:
+        gone.append(reason)
+        declared.set()
+
+    with ServerWatchdog(address, on_gone, gone_after=0.5, probe_every=0.05):
+        for _ in range(15):  # 15 probes (0.75 s > gone_after), all accepted
+            listener.settimeout(5)
+            listener.accept()[0].close()
+        assert not declared.is_set()
+        listener.close()  # the server dies: connections are refused from now on
+        assert declared.wait(5)
+    assert len(gone) == 1 and "refused connections" in gone[0]
+
+
+def test_a_classic_or_unknown_session_has_no_address_to_watch():
+    from connect_trials.session import server_address
+
+    assert server_address(object()) is None
+
+
+def test_a_session_declared_dead_ends_the_retry_loops_already_under_way():
+    import grpc
+    from pyspark.sql.connect.client.retries import DefaultPolicy, Retrying
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    from connect_trials.session import give_up_quickly
+
+    class Client:
+        policies = [DefaultPolicy()]  # ~10 minutes of retries
+
+        def get_retry_policies(self):
+            return list(self.policies)
+
+        def set_retry_policies(self, policies):
+            self.policies = list(policies)
+
+    class Unavailable(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.UNAVAILABLE
+
+        def trailing_metadata(self):
+            return ()
+
+        def details(self):
+            return "connection refused"
+
+    session = ConnectSession.__new__(ConnectSession)
+    session.__dict__["_client"] = Client()
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the watchdog declares the server gone meanwhile
+        sleeps.append(seconds)
+        if len(sleeps) == 1:
+            give_up_quickly(session)
+
+    try:
+        for attempt in Retrying(session.__dict__["_client"].get_retry_policies(), sleep=sleep):
+            with attempt:
+                raise Unavailable()
+    except Unavailable:
+        pass
+    assert len(sleeps) == 1  # not the 15 retries of the default policy

@@ -1,0 +1,220 @@
+"""A Spark Connect server that pauses or dies during fmin (a server of this module's own)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+from hyperopt import base, fmin, hp, rand
+
+from connect_trials import ConnectTrials
+from connect_trials.errors import ClusterUnavailableError
+from connect_trials.server import LocalConnectServer
+from connect_trials.session import SERVER_GONE_AFTER_S
+
+
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory):
+    server = LocalConnectServer(master="local[2]", state_dir=tmp_path_factory.mktemp("outage-server"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def own_spark(own_server):
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.builder.remote(own_server.url).create()
+    session.range(0, 1, 1, 1).mapInPandas(lambda it: it, "id long").collect()
+    try:
+        yield session
+    finally:
+        session.stop()
+
+
+def jvm_of(server: LocalConnectServer) -> int:
+    """The server's JVM: the java process in the process group its launcher leads."""
+    pgid = server._proc.pid
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                comm, fields = f.read().split(") ", 1)
+        except OSError:
+            continue
+        if int(fields.split()[2]) == pgid and comm.endswith("(java"):
+            return int(entry)
+    raise AssertionError("the server's JVM was not found")
+
+
+def running_signal() -> tuple[socket.socket, int]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(120)
+    return listener, listener.getsockname()[1]
+
+
+def test_a_server_paused_for_seconds_costs_no_trial(own_server, own_spark):
+    listener, port = running_signal()
+
+    def objective(x: float) -> float:
+        import socket
+        import time
+
+        socket.create_connection(("127.0.0.1", port)).close()  # "I am running"
+        time.sleep(2)
+        return x
+
+    def pause_the_server_once_a_trial_runs() -> None:
+        listener.accept()[0].close()
+        jvm = jvm_of(own_server)
+        os.kill(jvm, signal.SIGSTOP)
+        time.sleep(8)  # the outage itself: a paused server, as in a GC pause or a blip
+        os.kill(jvm, signal.SIGCONT)
+
+    pauser = threading.Thread(target=pause_the_server_once_a_trial_runs, daemon=True)
+    pauser.start()
+    trials = ConnectTrials(parallelism=2, spark_session=own_spark)
+    fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 4, trials=trials, show_progressbar=False)
+    pauser.join(30)
+    listener.close()
+    assert trials.count_successful_trials() == 4
+    assert trials.count_cancelled_trials() == 0 and trials.count_failed_trials() == 0
+
+
+class FlakyProxy:
+    """A loopback TCP proxy in front of the server that can refuse connections for a while:
+    a network blip or a load balancer's restart, as the client sees it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self._serve(self.listener)
+
+    def _serve(self, listener: socket.socket) -> None:
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self.connections += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+    def refuse_for(self, seconds: float) -> None:
+        """Drop every connection and refuse new ones for ``seconds``, then accept again."""
+        self.close()
+        for connection in self.connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            connection.close()
+        self.connections.clear()
+        time.sleep(seconds)  # the outage itself
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self._serve(self.listener)
+
+    def close(self) -> None:
+        # shutdown() first: close() alone leaves the socket listening while accept() blocks on it.
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for end in (source, sink):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def test_connections_refused_for_seconds_cost_no_trial(own_server):
+    from pyspark.sql import SparkSession
+
+    proxy = FlakyProxy(own_server.port)
+    session = SparkSession.builder.remote(f"sc://127.0.0.1:{proxy.port}").create()
+    listener, port = running_signal()
+
+    def objective(x: float) -> float:
+        import socket
+        import time
+
+        socket.create_connection(("127.0.0.1", port)).close()  # "I am running"
+        time.sleep(3)
+        return x
+
+    def blip_once_a_trial_runs() -> None:
+        listener.accept()[0].close()
+        proxy.refuse_for(6)
+
+    blip = threading.Thread(target=blip_once_a_trial_runs, daemon=True)
+    blip.start()
+    try:
+        trials = ConnectTrials(parallelism=2, spark_session=session)
+        fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 4, trials=trials, show_progressbar=False)
+        blip.join(30)
+        assert trials.count_successful_trials() == 4
+        assert trials.count_cancelled_trials() == 0 and trials.count_failed_trials() == 0
+    finally:
+        listener.close()
+        session.stop()
+        proxy.close()
+
+
+def test_a_dead_server_fails_fmin_in_tens_of_seconds_and_keeps_finished_trials(
+    own_server, own_spark, tmp_path
+):
+    listener, port = running_signal()
+    first_done = tmp_path / "first-trial-done"
+
+    def objective(x: float) -> float:
+        import os
+        import socket
+        import time
+
+        if not os.path.exists(first_done):
+            open(first_done, "w").close()
+            return x
+        socket.create_connection(("127.0.0.1", port)).close()  # the second trial runs
+        time.sleep(300)
+        return x
+
+    killed_at: list[float] = []
+
+    def kill_the_server_once_the_second_trial_runs() -> None:
+        listener.accept()[0].close()
+        killed_at.append(time.monotonic())
+        os.killpg(own_server._proc.pid, signal.SIGKILL)
+
+    threading.Thread(target=kill_the_server_once_the_second_trial_runs, daemon=True).start()
+    trials = ConnectTrials(parallelism=1, spark_session=own_spark)
+    with pytest.raises(ClusterUnavailableError, match="refused connections"):
+        fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 3, trials=trials, show_progressbar=False)
+    failed_after = time.monotonic() - killed_at[0]
+    listener.close()
+    assert failed_after < SERVER_GONE_AFTER_S + 15, f"fmin took {failed_after:.0f} s to give up"
+    states = [t["state"] for t in trials._dynamic_trials]
+    assert states == [base.JOB_STATE_DONE, base.JOB_STATE_CANCEL]

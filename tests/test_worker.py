@@ -1,0 +1,83 @@
+"""The worker shim, called directly as a task would call it (no server)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+from pyspark import cloudpickle
+
+from connect_trials import worker
+
+
+class FakeTaskContext:
+    def __init__(self, attempt: int) -> None:
+        self.attempt = attempt
+
+    def attemptNumber(self) -> int:
+        return self.attempt
+
+
+@pytest.fixture
+def task_attempt(monkeypatch):
+    import pyspark
+
+    def set_attempt(attempt: int) -> None:
+        monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: FakeTaskContext(attempt)))
+
+    return set_attempt
+
+
+def double(x):
+    return x * 2
+
+
+@pytest.mark.parametrize("attempt", range(worker.MAX_OBJECTIVE_ATTEMPTS))
+def test_the_first_attempts_run_the_objective(task_attempt, attempt):
+    task_attempt(attempt)
+    payload = worker.objective_payload(cloudpickle.dumps(double), {})
+    row = worker.run_trial(payload, pickle.dumps(21), {})
+    assert row["status"] == worker.STATUS_RETURNED
+    assert pickle.loads(row["value"]) == 42  # the objective ran
+    assert row["attempt"] == attempt
+
+
+def test_a_later_attempt_is_refused_and_says_the_worker_died_before(task_attempt):
+    task_attempt(worker.MAX_OBJECTIVE_ATTEMPTS)
+    payload = worker.objective_payload(cloudpickle.dumps(double), {})
+    row = worker.run_trial(payload, pickle.dumps(21), {})
+    assert row["status"] == worker.STATUS_REFUSED
+    assert row["value"] is None
+    assert "Python worker or its executor died" in row["error_text"]
+    assert "os._exit" in row["error_text"]
+
+
+def test_the_environment_is_restored_by_difference_not_cleared(monkeypatch):
+    monkeypatch.setenv("CT_KEPT", "kept")
+    monkeypatch.setenv("CT_CHANGED_BY_OBJECTIVE", "before")
+    monkeypatch.setenv("CT_REMOVED_BY_OBJECTIVE", "before")
+
+    def refuse_clear():
+        raise AssertionError("os.environ was cleared while other threads may read it")
+
+    monkeypatch.setattr(os.environ, "clear", refuse_clear, raising=False)
+
+    def objective(_):
+        seen = dict(os.environ)
+        os.environ["CT_CHANGED_BY_OBJECTIVE"] = "after"
+        os.environ["CT_NEW_FROM_OBJECTIVE"] = "new"
+        del os.environ["CT_REMOVED_BY_OBJECTIVE"]
+        return seen
+
+    payload = worker.objective_payload(cloudpickle.dumps(objective), {"CT_FMIN_VAR": "fmin"})
+    row = worker.run_trial(payload, pickle.dumps(None), {"CT_TRIAL_VAR": "trial"})
+    assert row["status"] == worker.STATUS_RETURNED, row["error_text"]
+    seen = pickle.loads(row["value"])
+    assert seen["CT_FMIN_VAR"] == "fmin" and seen["CT_TRIAL_VAR"] == "trial"
+    assert seen["CT_KEPT"] == "kept"
+    assert os.environ["CT_KEPT"] == "kept"
+    assert os.environ["CT_CHANGED_BY_OBJECTIVE"] == "before"
+    assert os.environ["CT_REMOVED_BY_OBJECTIVE"] == "before"
+    for name in ("CT_NEW_FROM_OBJECTIVE", "CT_FMIN_VAR", "CT_TRIAL_VAR"):
+        assert name not in os.environ
