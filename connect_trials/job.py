@@ -100,7 +100,12 @@ class TrialExecutor(Protocol):
 
     After ``cancel_all``, ``run_trial`` must not start a trial any more (it returns a
     CANCELLED outcome at once), and a trial that was being started concurrently must still
-    end up interrupted."""
+    end up interrupted.
+
+    ``runs_in_caller``: run each trial in fmin's own thread, one at a time (debug mode),
+    instead of in a thread of its own."""
+
+    runs_in_caller: bool
 
     def run_trial(self, request: TrialRequest) -> TrialOutcome: ...
 
@@ -268,6 +273,8 @@ class SparkJobExecutor:
     Every job carries the fmin's tag and its trial's tag. ``cancel_all`` interrupts the fmin's
     tag; a job whose ``collect()`` was already on its way then may reach the server just after
     the interruption, so its trial's tag is interrupted again until its collect returns."""
+
+    runs_in_caller = False
 
     def __init__(
         self,

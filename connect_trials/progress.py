@@ -38,7 +38,7 @@ class TrialProgress:
         self._bar.update(1)
 
 
-def progress_callback(show_progressbar: Any, verbose: bool) -> Callable[..., Any]:
+def progress_callback_for(show_progressbar: Any, verbose: bool) -> Callable[..., Any]:
     """hyperopt's rule: no bar unless both are true; ``True`` means our tqdm bar."""
     if not show_progressbar or not verbose:
         return hyperopt_progress.no_progress_callback

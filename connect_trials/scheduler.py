@@ -30,6 +30,7 @@ from pyspark import cloudpickle
 from connect_trials import job
 from connect_trials.errors import ClusterUnavailableError, last_line, one_line
 from connect_trials.job import OutcomeKind
+from connect_trials.progress import TrialProgress
 from connect_trials.tracking import FminTracker
 
 logger = logging.getLogger("connect_trials")
@@ -75,7 +76,8 @@ class TrialScheduler:
         parallelism: int,
         limits: SearchLimits,
         tracker: FminTracker,
-        progress: Any,
+        progress: TrialProgress,
+        after_trial: Callable[[], None] = lambda: None,
     ) -> None:
         self.trials = trials
         self.domain = domain
@@ -86,6 +88,8 @@ class TrialScheduler:
         self.limits = limits
         self.tracker = tracker
         self.progress = progress
+        self.after_trial = after_trial  # e.g. save the trials (trials_save_file)
+        self._n_failed = 0
         self._completions: queue.Queue[job.TrialOutcome] = queue.Queue()
         self._pending: list[dict[str, Any]] = []  # suggested, not yet submitted
         self._running: dict[int, dict[str, Any]] = {}
@@ -208,16 +212,18 @@ class TrialScheduler:
             self._finish_unlaunched(trial)  # the tracking outlasted the fmin: launch nothing
             return
         request = job.TrialRequest(tid, argument_blob, environ)
+        if self.executor.runs_in_caller:
+            # Debug mode: the objective runs here, in fmin's own thread, where an IDE's
+            # breakpoints and pdb's prompt work; one trial at a time.
+            self._run_in_thread(request)
+            return
         thread = threading.Thread(
             target=self._run_in_thread, args=(request,), name=f"connect-trials-trial-{tid}", daemon=True
         )
         thread.start()
 
     def _argument_of(self, trial: dict[str, Any]) -> Any:
-        """The value the objective receives, resolved here so workers need no hyperopt."""
-        spec = base.spec_from_misc(trial["misc"])
-        memo = self.domain.memo_from_config(spec)
-        return pyll.rec_eval(self.domain.expr, memo=memo, print_node_on_error=False)
+        return argument_of(self.domain, trial)
 
     def _run_in_thread(self, request: job.TrialRequest) -> None:
         try:
@@ -285,12 +291,8 @@ class TrialScheduler:
         self.trials.refresh()
         self._finished.append(trial)
         logger.debug("trial %s task thread exits normally and writes results back correctly.", tid)
-        loss = _ok_loss(trial)
-        if loss < self.best_loss:
-            self.best_loss = loss
-            self.progress.postfix = f"best loss: {loss}"
-        self.progress.update(1)
-        self.tracker.trial_finished(trial, self.best_loss)
+        self.best_loss = min(self.best_loss, _ok_loss(trial))
+        self._trial_ended(trial)
 
     def _finish_error(
         self, trial: dict[str, Any], error_type: str, error_text: str, outcome: job.TrialOutcome | None = None
@@ -307,8 +309,14 @@ class TrialScheduler:
         _stamp(trial, outcome)
         self.trials.refresh()
         logger.debug("trial %s task thread catches an exception and writes the info back correctly.", tid)
-        self.progress.update(1)
+        self._n_failed += 1
+        self._trial_ended(trial)
+
+    def _trial_ended(self, trial: dict[str, Any]) -> None:
+        """A trial is DONE or ERROR: show it, track it, and let the fmin save its trials."""
+        self.progress.trial_finished(self.best_loss, running=len(self._running), failed=self._n_failed)
         self.tracker.trial_finished(trial, self.best_loss)
+        self.after_trial()
 
     def _finish_cancelled(self, trial: dict[str, Any], outcome: job.TrialOutcome) -> None:
         tid = trial["tid"]
@@ -393,6 +401,14 @@ class TrialScheduler:
             trial["state"] = base.JOB_STATE_CANCEL
         self._pending.clear()
         self.trials.refresh()
+
+
+def argument_of(domain: base.Domain, trial: dict[str, Any]) -> Any:
+    """The value the objective receives for ``trial``, resolved on the client so that workers
+    need no hyperopt."""
+    spec = base.spec_from_misc(trial["misc"])
+    memo = domain.memo_from_config(spec)
+    return pyll.rec_eval(domain.expr, memo=memo, print_node_on_error=False)
 
 
 def _validated_result(value: Any) -> dict[str, Any]:

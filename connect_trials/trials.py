@@ -25,15 +25,18 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from hyperopt import base, progress, tpe
+from hyperopt import base, tpe
 from hyperopt.base import Trials
 
-from connect_trials import cluster, job
+from connect_trials import cluster, compat, job, resume
 from connect_trials.errors import ClusterUnavailableError
+from connect_trials.inline import DEBUG_ENV, InlineExecutor, debug_requested
+from connect_trials.progress import progress_callback_for, trial_progress
 from connect_trials.scheduler import (
     FMIN_CANCELLED_REASON_USER,
     SearchLimits,
     TrialScheduler,
+    argument_of,
 )
 from connect_trials.session import ServerWatchdog, give_up_quickly, server_address, session_kind
 from connect_trials.tracking import FminSettings, FminTracker, create_tracker
@@ -76,6 +79,7 @@ class ConnectTrials(Trials):
         spark_session: Any = None,
         resource_profile: Any = None,
         mlflow_tracking: bool | None = None,
+        debug: bool | None = None,
     ) -> None:
         super().__init__(exp_key=None, refresh=False)
         _validate_parallelism(parallelism)
@@ -83,10 +87,22 @@ class ConnectTrials(Trials):
         _validate_loss_threshold(loss_threshold)
         if mlflow_tracking is not None and not isinstance(mlflow_tracking, bool):
             raise TypeError(f"mlflow_tracking must be None, True or False, not {mlflow_tracking!r}")
-        self._spark = _resolve_session(spark_session)
+        if debug is not None and not isinstance(debug, bool):
+            raise TypeError(f"debug must be None, True or False, not {debug!r}")
+        self.debug = debug_requested(debug)
+        # Debug mode needs no Spark: it takes a session when there is one (for the tracking
+        # switch in its conf), and makes none.
+        self._spark = _resolve_session(spark_session, create=not self.debug)
         self._session_kind = session_kind(self._spark)
         self._resource_profile = self._accept_resource_profile(resource_profile)
-        if parallelism is None or parallelism <= 0:
+        if self.debug:
+            self.parallelism = 1
+            logger.info(
+                "ConnectTrials debug mode is on: every trial runs in this process, one at a time, "
+                "through the same path as on a cluster (no Spark jobs). Switch it off with "
+                f"debug=False or by unsetting {DEBUG_ENV}."
+            )
+        elif parallelism is None or parallelism <= 0:
             slots = cluster.task_slots(self._spark)
             self.parallelism = self._decide_parallelism(parallelism, slots)
         else:
@@ -97,7 +113,62 @@ class ConnectTrials(Trials):
         self.mlflow_tracking = mlflow_tracking
         self._fmin_cancelled = False
         self._fmin_cancelled_reason: str | None = None
+        self._last_fmin: _LastFmin | None = None
+        self._resume_parent_run_id: str | None = None
         self.refresh()
+
+    # -- pickling (trials_save_file): sessions do not pickle, and die with their process --------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in ("_spark", "_session_kind", "_resource_profile", "_last_fmin"):
+            state[name] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._spark = None  # the active session is taken when the trials are used again
+
+    def _session(self) -> Any:
+        """The session fmin runs on: the one given or found at construction, else (after
+        unpickling) the active one."""
+        if self._spark is None and not self.debug:
+            self._spark = _resolve_session(None)
+            self._session_kind = session_kind(self._spark)
+        return self._spark
+
+    # -- from your IDE ----------------------------------------------------------------------
+    def replay(self, tid: int) -> Any:
+        """Run the objective of trial ``tid`` of the last fmin again, here, with the argument
+        it got on the cluster. Returns what the objective returns, raises what it raises: in
+        an IDE, the debugger stops at the failing line of a trial that failed remotely."""
+        if self._last_fmin is None:
+            raise ValueError(
+                "replay needs the objective of an fmin run by this ConnectTrials object in this "
+                "process; run fmin(..., trials=trials) first (trials loaded from a file or from "
+                "MLflow have no objective)."
+            )
+        trial = next((t for t in self._dynamic_trials if t["tid"] == tid), None)
+        if trial is None:
+            known = sorted(t["tid"] for t in self._dynamic_trials)
+            raise KeyError(f"there is no trial with tid {tid!r}; the trials are {known}")
+        return self._last_fmin.replay(trial)
+
+    @classmethod
+    def from_mlflow(cls, parent_run_id: str, spark_session: Any = None, **kwargs: Any) -> ConnectTrials:
+        """Rebuild the finished trials of a tracked search from its parent run's child runs;
+        a following fmin continues the search, and its trials join the same parent run.
+
+        ``kwargs`` are the other constructor arguments (``parallelism=``, ``timeout=``, ...).
+        Restores each ended trial's hyperparameters, status and loss; not the rest of its
+        result dictionary, and not trials that were cancelled or still running."""
+        _, runs = resume.child_runs(parent_run_id)
+        trials = cls(spark_session=spark_session, **kwargs)
+        resume.insert_finished(trials, resume.trial_docs_from_runs(trials, runs))
+        trials._resume_parent_run_id = parent_run_id
+        logger.info(
+            "Resuming MLflow run %s: %d finished trials restored.", parent_run_id, len(trials._dynamic_trials)
+        )
+        return trials
 
     def __str__(self) -> str:
         return f"ConnectTrials(trials={self.trials})"
@@ -195,8 +266,6 @@ class ConnectTrials(Trials):
                 "catch_eval_exceptions is not supported by ConnectTrials: a failing trial is "
                 "always recorded as ERROR and the search goes on. Remove catch_eval_exceptions."
             )
-        if trials_save_file:
-            logger.warning("ConnectTrials does not support trials_save_file; it is ignored.")
         if not callable(fn):
             raise TypeError(f"fn must be a callable objective, not {type(fn).__name__}")
         if max_evals is None:
@@ -235,8 +304,12 @@ class ConnectTrials(Trials):
         # (resuming with a larger max_evals is how users continue a search).
         self._fmin_cancelled = False
         self._fmin_cancelled_reason = None
+        if trials_save_file:
+            self._resume_from_file(trials_save_file)
         objective_blob = job.pickle_objective(fn)
         domain = base.Domain(fn, space, pass_expr_memo_ctrl=None)
+        self._last_fmin = _LastFmin(objective_blob, domain)
+        spark = self._session()
         limits = SearchLimits(
             max_evals=int(max_evals),
             timeout=self.timeout,
@@ -246,7 +319,7 @@ class ConnectTrials(Trials):
             deadline=None if self.timeout is None else called_at + self.timeout,
         )
         fmin_id = uuid.uuid4().hex
-        progress_callback = _progress_callback(show_progressbar, verbose)
+        progress_callback = progress_callback_for(show_progressbar, verbose)
         total = int(max_evals) if max_evals != sys.maxsize else None
         settings = FminSettings(
             fmin_id=fmin_id,
@@ -258,19 +331,19 @@ class ConnectTrials(Trials):
             max_queue_len=int(max_queue_len),
             space=space,
         )
-        tracker = create_tracker(self._spark, self.mlflow_tracking)
+        tracker = create_tracker(spark, self.mlflow_tracking)
         # The client's retry policy is left alone (other threads and fmins share it); a
         # watchdog tells a dead server from a slow one instead (see session.py), from the
         # objective's upload to the last trial.
-        server_gone = _ServerGoneRelay(self._spark)
-        address = server_address(self._spark)
+        server_gone = _ServerGoneRelay(spark)
+        address = None if self.debug else server_address(spark)
         error: BaseException | None = None
         try:
             watchdog = ServerWatchdog(address, server_gone) if address else None
             with watchdog or contextlib.nullcontext():
                 self._start_and_run(
                     settings, objective_blob, domain, algo, rstate, limits, tracker,
-                    progress_callback, total, server_gone,
+                    progress_callback, total, server_gone, trials_save_file,
                 )  # fmt: skip
         except BaseException as exc:
             error = exc
@@ -300,19 +373,28 @@ class ConnectTrials(Trials):
         progress_callback: Any,
         total: int | None,
         server_gone: _ServerGoneRelay,
+        trials_save_file: str,
     ) -> None:
-        """Open the tracking, ship the objective (after the tracking: its environment travels
-        with it), run the trials."""
+        """Check the cluster, open the tracking, ship the objective (after the tracking: its
+        environment travels with it), run the trials."""
+        if not self.debug:
+            compat.check_cluster(self._spark)  # once per session, before any trial
         tracker.fmin_started(settings)
         # The fmin's worker environment (credentials included) travels once, inside the
         # objective's artifact, never inside a job's plan; trackers without it send none.
         fmin_environ: dict[str, str] = getattr(tracker, "worker_environ", lambda: {})()
-        executor = job.SparkJobExecutor(
-            self._spark, settings.fmin_id, objective_blob, fmin_environ, self._resource_profile
-        )
+        executor: job.TrialExecutor
+        if self.debug:
+            executor = InlineExecutor(objective_blob, fmin_environ)
+        else:
+            executor = job.SparkJobExecutor(
+                self._spark, settings.fmin_id, objective_blob, fmin_environ, self._resource_profile
+            )
+        after_trial = (lambda: resume.save_trials(self, trials_save_file)) if trials_save_file else None
         self._run_scheduler(
-            domain, algo, rstate, executor, limits, tracker, progress_callback, total, server_gone
-        )
+            domain, algo, rstate, executor, limits, tracker, progress_callback, total, server_gone,
+            after_trial,
+        )  # fmt: skip
 
     def _run_scheduler(
         self,
@@ -325,10 +407,11 @@ class ConnectTrials(Trials):
         progress_callback: Any,
         total: int | None,
         server_gone: _ServerGoneRelay,
+        after_trial: Callable[[], None] | None,
     ) -> None:
         """Run the trials; say how the fmin thread ended."""
         try:
-            with progress_callback(initial=0, total=total) as progress_ctx:
+            with trial_progress(progress_callback, initial=0, total=total) as progress_ctx:
                 scheduler = TrialScheduler(
                     trials=self,
                     domain=domain,
@@ -339,6 +422,7 @@ class ConnectTrials(Trials):
                     limits=limits,
                     tracker=tracker,
                     progress=progress_ctx,
+                    after_trial=after_trial or (lambda: None),
                 )
                 server_gone.scheduler = scheduler
                 scheduler.run()
@@ -355,6 +439,22 @@ class ConnectTrials(Trials):
             raise
         else:
             logger.debug("fmin thread exits normally.")
+
+    def _resume_from_file(self, path: str) -> None:
+        """hyperopt's ``trials_save_file``: continue the search saved in ``path`` (when these
+        trials are still empty), and save to it after every finished trial."""
+        if self._dynamic_trials or not os.path.exists(path):
+            return
+        saved = resume.load_trials(path)
+        if not isinstance(saved, Trials):
+            raise TypeError(
+                f"trials_save_file {path!r} does not hold hyperopt trials; remove it or pass another path"
+            )
+        resume.adopt(self, saved)
+        self._resume_parent_run_id = self._resume_parent_run_id or getattr(
+            saved, "_resume_parent_run_id", None
+        )
+        logger.info("Resuming from %s: %d finished trials restored.", path, len(self._dynamic_trials))
 
     def _accept_resource_profile(self, resource_profile: Any) -> Any:
         if resource_profile is None:
@@ -391,6 +491,22 @@ class _ServerGoneRelay:
             self.scheduler.server_gone(reason)
 
 
+class _LastFmin:
+    """What ``replay`` needs of the last fmin: its objective, as shipped, and its space."""
+
+    def __init__(self, objective_blob: bytes, domain: base.Domain) -> None:
+        self.objective_blob = objective_blob
+        self.domain = domain
+
+    def replay(self, trial: dict[str, Any]) -> Any:
+        from pyspark import cloudpickle
+
+        argument = argument_of(self.domain, trial)
+        # Through pickle, as on the cluster: the objective gets what its worker got.
+        objective = cloudpickle.loads(self.objective_blob)
+        return objective(cloudpickle.loads(cloudpickle.dumps(argument)))
+
+
 def _fmin_return_value(trials: ConnectTrials, space: Any, return_argmin: bool) -> Any:
     """What hyperopt.fmin returns for these trials."""
     if return_argmin:
@@ -404,17 +520,12 @@ def _fmin_return_value(trials: ConnectTrials, space: Any, return_argmin: bool) -
     return None
 
 
-def _progress_callback(show_progressbar: Any, verbose: bool) -> Any:
-    if not show_progressbar or not verbose:
-        return progress.no_progress_callback
-    if show_progressbar is True:
-        return progress.default_callback
-    return show_progressbar
-
-
-def _resolve_session(spark_session: Any) -> Any:
+def _resolve_session(spark_session: Any, create: bool = True) -> Any:
+    """The given session, else the active one, else (with ``create``) a new one."""
     if spark_session is None:
-        spark_session = _default_session()
+        spark_session = _default_session(create)
+        if spark_session is None:
+            return None
     if session_kind(spark_session) is None:
         raise TypeError(
             "spark_session must be a pyspark SparkSession (Spark Connect or classic), not "
@@ -424,7 +535,7 @@ def _resolve_session(spark_session: Any) -> Any:
     return spark_session
 
 
-def _default_session() -> Any:
+def _default_session(create: bool = True) -> Any:
     """The session a script written for ``SparkTrials()`` means: the active one (Spark Connect
     or classic; a Connect session made in another thread is the process's default), else
     ``SparkSession.builder.getOrCreate()``, which honours ``SPARK_REMOTE``.
@@ -445,7 +556,9 @@ def _default_session() -> Any:
         classic = SparkSession.getActiveSession()
     except Exception:  # noqa: BLE001 - Connect mode without a URL: no classic session here
         classic = None
-    return classic if classic is not None else SparkSession.builder.getOrCreate()
+    if classic is not None or not create:
+        return classic
+    return SparkSession.builder.getOrCreate()
 
 
 def _validate_parallelism(parallelism: Any) -> None:

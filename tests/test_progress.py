@@ -6,7 +6,7 @@ import contextlib
 import io
 import math
 
-from connect_trials.progress import TrialProgress, progress_callback, tqdm_progress, trial_progress
+from connect_trials.progress import TrialProgress, progress_callback_for, tqdm_progress, trial_progress
 
 
 class RecordingBar:
@@ -41,7 +41,7 @@ def test_a_users_progress_callback_with_only_update_still_works():
 
         yield Counter()
 
-    with trial_progress(progress_callback(callback, True), initial=0, total=3) as progress:
+    with trial_progress(progress_callback_for(callback, True), initial=0, total=3) as progress:
         for _ in range(3):
             progress.trial_finished(1.0, running=0, failed=0)
     assert seen == [1, 1, 1]
@@ -50,9 +50,9 @@ def test_a_users_progress_callback_with_only_update_still_works():
 def test_no_bar_unless_verbose_and_show_progressbar():
     from hyperopt.progress import no_progress_callback
 
-    assert progress_callback(True, False) is no_progress_callback
-    assert progress_callback(False, True) is no_progress_callback
-    assert progress_callback(True, True) is tqdm_progress
+    assert progress_callback_for(True, False) is no_progress_callback
+    assert progress_callback_for(False, True) is no_progress_callback
+    assert progress_callback_for(True, True) is tqdm_progress
 
 
 def test_off_a_terminal_the_bar_does_not_write_a_line_per_trial(monkeypatch):

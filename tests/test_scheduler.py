@@ -28,6 +28,8 @@ class FakeTrials(base.Trials):
 class GatedExecutor:
     """Each trial blocks until the test opens its gate; submissions are announced."""
 
+    runs_in_caller = False
+
     def __init__(self) -> None:
         self.gates: dict[int, threading.Event] = {}
         self.submitted: dict[int, threading.Event] = {i: threading.Event() for i in range(100)}
@@ -55,9 +57,7 @@ class GatedExecutor:
 
 
 class NullProgress:
-    postfix = ""
-
-    def update(self, n: int) -> None:
+    def trial_finished(self, best_loss: float, running: int, failed: int) -> None:
         pass
 
 
@@ -135,6 +135,8 @@ def test_max_evals_counts_the_trials_already_present():
 
 class ReturningExecutor:
     """Returns each trial's value at once (or raises the given error for every trial)."""
+
+    runs_in_caller = False
 
     def __init__(self, outcome_kind=OutcomeKind.RETURNED, error_text=None):
         self.kind = outcome_kind
