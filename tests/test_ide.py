@@ -1,0 +1,197 @@
+"""From a laptop and an IDE: debug mode, replay, resuming after the client died."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+from hyperopt import base, fmin, hp, rand
+
+from connect_trials import ConnectTrials
+from tests.conftest import captured_log
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+    for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "CONNECT_TRIALS_DEBUG"):
+        env.pop(name, None)
+    env.update(extra)
+    return env
+
+
+# -- debug mode --------------------------------------------------------------------------------
+DEBUG_SCRIPT = """
+    import threading
+    from hyperopt import fmin, hp, rand
+    from connect_trials import ConnectTrials
+
+    def objective(x):
+        # In fmin's own thread, where an IDE's breakpoint stops.
+        return {"loss": x, "status": "ok", "main": threading.current_thread() is threading.main_thread()}
+
+    trials = ConnectTrials(DEBUG_ARG)
+    fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 3, trials=trials, show_progressbar=False)
+    print("RESULT", trials.count_successful_trials(), all(t["result"]["main"] for t in trials.trials),
+          trials._spark)
+"""
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_debug_mode_runs_trials_in_this_process_without_any_spark_server(how):
+    source = DEBUG_SCRIPT.replace("DEBUG_ARG", "debug=True" if how == "argument" else "")
+    env = clean_env(**({"CONNECT_TRIALS_DEBUG": "1"} if how == "environment" else {}))
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(source)], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "RESULT 3 True None" in result.stdout
+    assert result.stderr.count("debug mode is on") == 1
+
+
+def test_in_debug_mode_an_objective_that_cannot_travel_fails_as_on_the_cluster():
+    lock = threading.Lock()
+
+    def objective(x):
+        with lock:
+            return x
+
+    trials = ConnectTrials(debug=True, mlflow_tracking=False)
+    with pytest.raises(ValueError, match="cannot be shipped to the Spark workers"):
+        fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 2, trials=trials, show_progressbar=False)
+
+
+def test_in_debug_mode_a_failing_objective_is_an_error_trial_with_its_traceback():
+    def objective(x):
+        raise ZeroDivisionError("from the objective")
+
+    trials = ConnectTrials(debug=True, mlflow_tracking=False)
+    fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 2, trials=trials, show_progressbar=False,
+         return_argmin=False)  # fmt: skip
+    errors = [t["misc"]["error"] for t in trials._dynamic_trials]
+    assert len(errors) == 2 and all("ZeroDivisionError: from the objective" in text for _, text in errors)
+
+
+def test_debug_mode_is_tracked_as_on_the_cluster(tmp_path, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    with mlflow.start_run() as parent:
+        fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, 2,
+             trials=ConnectTrials(debug=True), show_progressbar=False)  # fmt: skip
+    children = MlflowClient(uri).search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+
+
+# -- replay ------------------------------------------------------------------------------------
+def objective_failing_above_half(x: float) -> float:
+    if x > 0.5:
+        raise ArithmeticError(f"x={x} is above one half")
+    return x
+
+
+def test_replay_reruns_a_remote_trial_here_with_the_argument_it_got(spark):
+    trials = ConnectTrials(parallelism=2, spark_session=spark, mlflow_tracking=False)
+    fmin(objective_failing_above_half, hp.uniform("x", 0, 1), rand.suggest, 8, trials=trials,
+         show_progressbar=False, return_argmin=False)  # fmt: skip
+    failed = [t for t in trials._dynamic_trials if t["state"] == base.JOB_STATE_ERROR]
+    done = [t for t in trials._dynamic_trials if t["state"] == base.JOB_STATE_DONE]
+    assert failed and done, "the seedless search should have had both kinds"
+    x = failed[0]["misc"]["vals"]["x"][0]
+    with pytest.raises(ArithmeticError, match=f"x={x} is above one half"):
+        trials.replay(failed[0]["tid"])
+    assert trials.replay(done[0]["tid"]) == done[0]["result"]["loss"]
+    with pytest.raises(KeyError, match="no trial with tid 999"):
+        trials.replay(999)
+
+
+def test_replay_without_an_fmin_says_what_is_missing():
+    with pytest.raises(ValueError, match="run fmin"):
+        ConnectTrials(debug=True).replay(0)
+
+
+# -- resume after the client died ----------------------------------------------------------------
+RESUMABLE_SEARCH = """
+    import os, socket, sys
+    from hyperopt import fmin, hp, rand
+    from pyspark.sql import SparkSession
+    from connect_trials import ConnectTrials
+
+    spark = SparkSession.builder.remote(os.environ["CONNECT_URL"]).getOrCreate()
+    marks, signal_port = os.environ["MARKS"], int(os.environ.get("SIGNAL_PORT", "0"))
+
+    def objective(x):
+        import os, socket
+        if signal_port and len(os.listdir(marks)) >= 3:
+            # The fourth trial: tell the test, then hold until it lets go (after the kill).
+            with socket.create_connection(("127.0.0.1", signal_port)) as s:
+                s.recv(1)
+            return x
+        open(os.path.join(marks, repr(x)), "w").close()
+        return x
+
+    trials = ConnectTrials(parallelism=1, mlflow_tracking=False)
+    fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 6, trials=trials,
+         show_progressbar=False, trials_save_file=os.environ["SAVE_FILE"])
+    print("TOTAL", len(trials.trials))
+    spark.stop()
+"""
+
+
+def test_trials_save_file_resumes_a_search_whose_client_was_killed(connect_server, tmp_path):
+    save_file, marks = tmp_path / "search.pkl", tmp_path / "marks"
+    marks.mkdir()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(180)
+    env = clean_env(CONNECT_URL=connect_server.url, MARKS=str(marks), SAVE_FILE=str(save_file),
+                    SIGNAL_PORT=str(listener.getsockname()[1]))  # fmt: skip
+    client = subprocess.Popen([sys.executable, "-c", textwrap.dedent(RESUMABLE_SEARCH)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        held, _ = listener.accept()  # the fourth trial runs: three were saved
+    finally:
+        client.send_signal(signal.SIGKILL)
+        client.wait()
+    held.close()  # the orphaned trial ends; its result has no client to go to
+    listener.close()
+    with open(save_file, "rb") as f:
+        saved = pickle.load(f)
+    first_three = [t["misc"]["vals"] for t in saved.trials]
+    assert len(first_three) == 3 and all(t["state"] == base.JOB_STATE_DONE for t in saved.trials)
+
+    env.pop("SIGNAL_PORT")
+    resumed = subprocess.run([sys.executable, "-c", textwrap.dedent(RESUMABLE_SEARCH)], env=env,
+                             capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "TOTAL 6" in resumed.stdout
+    assert "Resuming from" in resumed.stderr
+    with open(save_file, "rb") as f:
+        final = pickle.load(f)
+    assert [t["misc"]["vals"] for t in final.trials][:3] == first_three
+    assert [t["tid"] for t in final.trials] == [0, 1, 2, 3, 4, 5]
+
+
+def test_saved_trials_pickle_without_their_session_and_take_the_active_one(spark, tmp_path):
+    trials = ConnectTrials(parallelism=1, spark_session=spark, mlflow_tracking=False)
+    path = tmp_path / "t.pkl"
+    fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, 2, trials=trials, show_progressbar=False,
+         trials_save_file=str(path))  # fmt: skip
+    loaded = pickle.loads(path.read_bytes())
+    assert loaded._spark is None and len(loaded.trials) == 2
+    with captured_log():
+        fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, 3, trials=loaded, show_progressbar=False)
+    assert loaded._spark is spark and len(loaded.trials) == 3
