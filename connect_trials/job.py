@@ -18,7 +18,6 @@ import logging
 import os
 import pickle
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -29,7 +28,7 @@ from typing import Any, Protocol
 
 from pyspark import cloudpickle
 
-from connect_trials import worker
+from connect_trials import local_code, worker
 from connect_trials.errors import one_line
 from connect_trials.session import (
     CONNECT,
@@ -152,14 +151,7 @@ def _local_module(fn: Any) -> types.ModuleType | None:
     """The objective's module if it lives in the user's project rather than in an installed
     package: the cluster cannot import it, so its code must travel by value."""
     module = sys.modules.get(getattr(fn, "__module__", None) or "")
-    path = getattr(module, "__file__", None)
-    if module is None or path is None or module.__name__ == "__main__":
-        return None
-    installed = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
-    resolved = os.path.realpath(path)
-    if any(resolved.startswith(os.path.realpath(root) + os.sep) for root in installed):
-        return None
-    return module
+    return module if local_code.is_local(module) else None
 
 
 def pickle_objective(fn: Any) -> bytes:
@@ -286,6 +278,8 @@ class SparkJobExecutor:
     ) -> None:
         self._spark = spark
         self._fmin_id = fmin_id
+        if session_kind(spark) == CONNECT:
+            local_code.ship_local_code(spark)  # the project's own modules, for the objective's imports
         self._objective = ship_objective(spark, objective_blob, dict(fmin_environ or {}))
         self._resource_profile = resource_profile
         self._cancelled = threading.Event()
