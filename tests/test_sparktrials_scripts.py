@@ -111,3 +111,13 @@ def test_an_application_that_configures_logging_gets_each_line_once(connect_serv
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("Total Trials: 0") == 1
     assert "APP connect_trials Total Trials: 0" in result.stderr
+
+
+def test_importing_the_library_prints_no_pandas_warning():
+    result = subprocess.run(
+        [sys.executable, "-W", "always::FutureWarning", "-c",
+         "import connect_trials; import pyspark.sql.connect.session; import pyspark.sql.pandas.utils"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "does not yet fully support pandas" not in result.stderr
