@@ -28,7 +28,7 @@ from pyspark import cloudpickle
 from connect_trials import ConnectTrials, tracking
 from connect_trials.tracking import mlflow_tracker
 from connect_trials.tracking.hyperparameters import SearchSpace, algo_name, param_key
-from connect_trials.tracking.mlflow_runs import MlflowRuns
+from connect_trials.tracking.parent_run import ParentRun
 from connect_trials.tracking.uris import absolute_tracking_uri
 from tests.conftest import captured_log
 
@@ -533,16 +533,16 @@ def test_a_tracking_server_that_never_answers_cannot_stall_fmin(
 def test_tracking_that_breaks_during_fmin_stops_and_still_ends_every_run_it_created(
     spark: Any, tracking_server: Tracking, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    create_child = mlflow_tracker.MlflowTracker._create_child
+    create_child = ParentRun.create_child
     created: list[str] = []
 
-    def fails_after_three(self: mlflow_tracker.MlflowTracker) -> str:
+    def fails_after_three(self: ParentRun, *args: Any) -> str:
         if len(created) == 3:
             raise ConnectionError("tracking server went away")
-        created.append(create_child(self))
+        created.append(create_child(self, *args))
         return created[-1]
 
-    monkeypatch.setattr(mlflow_tracker.MlflowTracker, "_create_child", fails_after_three)
+    monkeypatch.setattr(ParentRun, "create_child", fails_after_three)
     with captured_log() as log:
         trials, _ = run_fmin(spark, reports_mlflow_state, X_SPACE, max_evals=5, parallelism=1)
 
@@ -569,10 +569,10 @@ def test_a_write_mlflow_refuses_is_one_warning_and_tracking_goes_on(
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-    def refused(self: MlflowRuns, run_id: str, name: str) -> None:
-        raise MlflowException("Run name refused.", error_code=INVALID_PARAMETER_VALUE)
+    def refused(self: ParentRun, loss: float, step: int) -> None:
+        raise MlflowException("Metric refused.", error_code=INVALID_PARAMETER_VALUE)
 
-    monkeypatch.setattr(MlflowRuns, "rename", refused)
+    monkeypatch.setattr(ParentRun, "log_best_loss", refused)
     with captured_log(level=logging.WARNING) as log:
         run_fmin(spark, lambda p: p["x"], X_SPACE, max_evals=3)
 

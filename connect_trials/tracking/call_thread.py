@@ -59,3 +59,19 @@ class CallThread:
                 except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
                     future.set_exception(exc)
             self.completed += 1
+
+
+def wait_while_progress(thread: CallThread, future: concurrent.futures.Future[Any], patience: float) -> Any:
+    """``future``'s result, waiting as long as ``thread`` completes a call every ``patience``
+    seconds (the queue ahead of it may be long); TimeoutError once the thread stops moving.
+    None if the call was cancelled (its thread had closed)."""
+    progress = thread.completed
+    while True:
+        try:
+            return future.result(timeout=patience)
+        except concurrent.futures.CancelledError:
+            return None
+        except concurrent.futures.TimeoutError:
+            if thread.completed == progress:
+                raise TimeoutError(f"MLflow did not answer within {patience:g} s") from None
+            progress = thread.completed

@@ -54,18 +54,14 @@ class MlflowRuns:
             self._open_run_ids.add(run_id)
         return run_id
 
-    def rename(self, run_id: str, name: str) -> None:
-        from mlflow.entities import RunStatus as MlflowRunStatus
-
-        self._store.update_run_info(run_id, MlflowRunStatus.RUNNING, None, name)
-
-    def end(self, run_id: str, status: RunStatus) -> None:
-        """End a run. ``set_terminated`` would read the run back and print two "View run"
-        lines per trial; the store's ``update_run_info`` is the same write without both."""
+    def end(self, run_id: str, status: RunStatus, name: str | None = None) -> None:
+        """End a run, naming it too when ``name`` is given. ``set_terminated`` would read the
+        run back and print two "View run" lines per trial; the store's ``update_run_info`` is
+        the same write without both."""
         from mlflow.entities import RunStatus as MlflowRunStatus
 
         self._store.update_run_info(
-            run_id, MlflowRunStatus.from_string(status.value), int(time.time() * 1000), None
+            run_id, MlflowRunStatus.from_string(status.value), int(time.time() * 1000), name
         )
         with self._open_lock:
             self._open_run_ids.discard(run_id)
@@ -75,10 +71,11 @@ class MlflowRuns:
         self.end(run_id, RunStatus.KILLED)
         self.client.delete_run(run_id)
 
-    def end_child(self, run_id: str, params: dict[str, str], outcome: ChildOutcome,
+    def end_child(self, run_id: str, name: str, params: dict[str, str], outcome: ChildOutcome,
                   refused: Callable[[BaseException], None]) -> None:  # fmt: skip
-        """Write a trial's outcome and hyperparameters on its child run, then end it. A param
-        the run already has is left as it is: the objective's own logging wins."""
+        """Write a trial's outcome and hyperparameters on its child run, then end it under its
+        trial's name. A param the run already has is left as it is: the objective's own
+        logging wins."""
         from mlflow.entities import Metric
 
         tags = {"trial_status": outcome.trial_status.value}
@@ -101,7 +98,7 @@ class MlflowRuns:
             if outcome.error_text:
                 self.log_text(run_id, outcome.error_text, "error_traceback.txt", refused)
         finally:
-            self.end(run_id, outcome.run_status)
+            self.end(run_id, outcome.run_status, name)
 
     def log_batch(self, run_id: str, params: dict[str, str] | None = None, tags: dict[str, str] | None = None,
                   metrics: list[Any] | None = None) -> None:  # fmt: skip

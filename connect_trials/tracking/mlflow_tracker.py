@@ -11,24 +11,22 @@ created after its caller gave up on it is ended and deleted when it lands."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import math
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from connect_trials.errors import last_line
-from connect_trials.tracking.call_thread import CallThread
+from connect_trials.tracking.call_thread import CallThread, wait_while_progress
 from connect_trials.tracking.child_run_pool import ChildRunPool
 from connect_trials.tracking.hooks import TRACKING_CONF, FminSettings, FminTracker
 from connect_trials.tracking.hyperparameters import SearchSpace, raw_params
-from connect_trials.tracking.mlflow_runs import RUN_SOURCE, MlflowRuns, is_refusal
+from connect_trials.tracking.mlflow_runs import MlflowRuns, is_refusal
 from connect_trials.tracking.outcome import ChildOutcome, RunStatus, child_outcome
 from connect_trials.tracking.parent_run import ParentRun, open_parent
-from connect_trials.tracking.uris import absolute_tracking_uri, probe, redacted_uri
+from connect_trials.tracking.uris import absolute_tracking_uri, probe, redacted_uri, worker_environ
 
 logger = logging.getLogger("connect_trials")
 
@@ -38,26 +36,6 @@ CALL_TIMEOUT_S = 10.0
 # Child runs kept ready beyond the first wave (which gets `parallelism`): enough for trials
 # that end together, few enough that a run's start time is close to its trial's.
 RUNS_AHEAD = 2
-PENDING_RUN_NAME = "trial-pending"  # a child run's name until a trial takes it
-
-# The client's values of these reach the workers: credentials, TLS and retry settings of
-# the tracking server, and where a file store may be used. Never logged.
-FORWARDED_ENV = (
-    "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_AUTH",
-    "MLFLOW_TRACKING_AWS_SIGV4",
-    "MLFLOW_TRACKING_INSECURE_TLS",
-    "MLFLOW_TRACKING_SERVER_CERT_PATH",
-    "MLFLOW_TRACKING_CLIENT_CERT_PATH",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT",
-    "MLFLOW_ALLOW_FILE_STORE",
-    "MLFLOW_S3_ENDPOINT_URL",
-)
 
 
 @dataclass(frozen=True)
@@ -98,7 +76,7 @@ class MlflowTracker(FminTracker):
             self._tracking_uri = absolute_tracking_uri(mlflow.get_tracking_uri())
             probe(self._tracking_uri)
             opened = self.run_creation.submit(self._open_parent, mlflow.active_run(), settings)
-            self._parent = self._wait(self.run_creation, opened)
+            self._parent = wait_while_progress(self.run_creation, opened, CALL_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - tracking trouble never fails an fmin
             self._disable(exc)
             self._give_up()
@@ -107,14 +85,10 @@ class MlflowTracker(FminTracker):
             self._give_up()
             raise
         parent = self._parent
-        self._worker_environ = {
-            "MLFLOW_TRACKING_URI": self._tracking_uri,
-            "MLFLOW_EXPERIMENT_ID": parent.experiment_id,
-            **{name: os.environ[name] for name in FORWARDED_ENV if name in os.environ},
-        }
+        self._worker_environ = worker_environ(self._tracking_uri, parent.experiment_id)
         self._space = SearchSpace.of(settings.space)
         self._child_runs = ChildRunPool(
-            self.run_creation, self._create_child, self._discard_quietly, self._disable, ahead=RUNS_AHEAD
+            self.run_creation, parent.create_child, self._discard_quietly, self._disable, ahead=RUNS_AHEAD
         )
         self._child_runs.fill(max(settings.parallelism, RUNS_AHEAD))
         self._write_later(parent.log_settings, settings)
@@ -139,7 +113,6 @@ class MlflowTracker(FminTracker):
         tid = trial["tid"]
         with self._state_lock:
             self.open_child_runs[tid] = OpenChildRun(run_id, trial, argument)
-        self._write_later(self._runs.rename, run_id, f"trial-{tid}")
         environ = {"MLFLOW_RUN_ID": run_id}
         return environ if self._worker_environ_shipped else {**self._worker_environ, **environ}
 
@@ -174,10 +147,12 @@ class MlflowTracker(FminTracker):
                     self._write_later(self._end_child, tid, child, child_outcome(child.trial))
                 for run_id in unused:
                     self._write_later(self._runs.discard, run_id)
-                self._write_later(parent.log_counts, _trial_counts(trials))
+                self._write_later(parent.log_counts, trials)
                 self._write_later(parent.end, status)
-                if not self._wait(self.writes, self.writes.submit(lambda: None), raises=False):
-                    self._disable(TimeoutError(f"MLflow did not answer within {CALL_TIMEOUT_S:g} s"))
+                try:
+                    wait_while_progress(self.writes, self.writes.submit(lambda: None), CALL_TIMEOUT_S)
+                except TimeoutError as exc:
+                    self._disable(exc)
             if self._broken.is_set():
                 self._end_after_failure(unused, status)
             self._warn_left_open()
@@ -202,25 +177,19 @@ class MlflowTracker(FminTracker):
             self._discard_quietly(parent.run_id, parent.runs)
         return None
 
-    def _create_child(self) -> str:
-        assert self._parent is not None
-        tags = {
-            "mlflow.parentRunId": self._parent.run_id,
-            "fmin_uuid": self._parent.fmin_uuid,
-            "runSource": RUN_SOURCE,
-        }
-        return self._runs.create(self._parent.experiment_id, tags, PENDING_RUN_NAME)
-
     def _end_child(self, tid: int, child: OpenChildRun, outcome: ChildOutcome) -> None:
         params = self._space.params(child.argument, child.trial["misc"]["vals"])
-        self._runs.end_child(child.run_id, params, outcome, self._refuse)
+        self._runs.end_child(child.run_id, f"trial-{tid}", params, outcome, self._refuse)
         with self._state_lock:
             self.open_child_runs.pop(tid, None)
 
     def _record_unstarted_trial(self, trial: dict[str, Any]) -> None:
-        run_id = self._create_child()
-        self._runs.rename(run_id, f"trial-{trial['tid']}")
-        self._runs.end_child(run_id, raw_params(trial["misc"]["vals"]), child_outcome(trial), self._refuse)
+        assert self._parent is not None
+        name = f"trial-{trial['tid']}"
+        run_id = self._parent.create_child(name)
+        self._runs.end_child(
+            run_id, name, raw_params(trial["misc"]["vals"]), child_outcome(trial), self._refuse
+        )
 
     def _discard_quietly(self, run_id: str, runs: MlflowRuns | None = None) -> None:
         try:
@@ -243,7 +212,10 @@ class MlflowTracker(FminTracker):
             closing.submit(self._discard_quietly, run_id)
         assert self._parent is not None
         closing.submit(self._quietly, self._parent.end, status)
-        self._wait(closing, closing.submit(lambda: None), raises=False)
+        try:
+            wait_while_progress(closing, closing.submit(lambda: None), CALL_TIMEOUT_S)
+        except TimeoutError:
+            pass  # what is still open is listed by _warn_left_open
         closing.close()
 
     def _warn_left_open(self) -> None:
@@ -278,24 +250,6 @@ class MlflowTracker(FminTracker):
         except Exception as exc:  # noqa: BLE001
             (self._refuse if is_refusal(exc) else self._disable)(exc)
 
-    @staticmethod
-    def _wait(thread: CallThread, future: concurrent.futures.Future[Any], raises: bool = True) -> Any:
-        """The call's result, waiting as long as ``thread`` completes a call every
-        ``CALL_TIMEOUT_S``; False (or TimeoutError with ``raises``) when it stops moving."""
-        progress = thread.completed
-        while True:
-            try:
-                result = future.result(timeout=CALL_TIMEOUT_S)
-                return result if raises else True
-            except concurrent.futures.CancelledError:
-                return None if raises else True
-            except concurrent.futures.TimeoutError:
-                if thread.completed == progress:
-                    if raises:
-                        raise TimeoutError(f"MLflow did not answer within {CALL_TIMEOUT_S:g} s") from None
-                    return False
-                progress = thread.completed
-
     def _refuse(self, exc: BaseException) -> None:
         """The server answered but refused one write: warn once, go on with the rest."""
         log = logger.debug if self._refusal_reported else logger.warning
@@ -312,15 +266,6 @@ class MlflowTracker(FminTracker):
             "fmin ends the runs it created when it finishes.",
             redacted_uri(self._tracking_uri) or "<unresolved>", type(exc).__name__, last_line(str(exc))[:500],
         )  # fmt: skip
-
-
-def _trial_counts(trials: Any) -> dict[str, int]:
-    return {
-        "successful_trials_count": trials.count_successful_trials(),
-        "failed_trials_count": trials.count_failed_trials(),
-        "cancelled_trials_count": trials.count_cancelled_trials(),
-        "total_trials_count": trials.count_total_trials(),
-    }
 
 
 def _parent_status(error: BaseException | None) -> RunStatus:

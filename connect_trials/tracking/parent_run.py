@@ -25,6 +25,7 @@ COUNT_METRICS = (
     "total_trials_count",
 )
 _BEST_LOSS_METRIC = "best_trial_loss"
+PENDING_RUN_NAME = "trial-pending"  # a child run's name until a trial takes it
 
 
 def open_parent(runs: MlflowRuns, active: Any, objective_name: str, fmin_uuid: str) -> ParentRun:
@@ -84,9 +85,22 @@ class ParentRun:
     def log_best_loss(self, loss: float, step: int) -> None:
         self.runs.client.log_metric(self.run_id, self.keys[_BEST_LOSS_METRIC], loss, step=step)
 
-    def log_counts(self, counts: dict[str, int]) -> None:
+    def create_child(self, run_name: str = PENDING_RUN_NAME) -> str:
+        """A child run of this parent, in its experiment."""
+        tags = {"mlflow.parentRunId": self.run_id, "fmin_uuid": self.fmin_uuid, "runSource": RUN_SOURCE}
+        return self.runs.create(self.experiment_id, tags, run_name)
+
+    def log_counts(self, trials: Any) -> None:
+        """The trial counts of the trials object, hyperopt's way (DONE trials whose result
+        says "fail" count as successful)."""
         from mlflow.entities import Metric
 
+        counts = {
+            "successful_trials_count": trials.count_successful_trials(),
+            "failed_trials_count": trials.count_failed_trials(),
+            "cancelled_trials_count": trials.count_cancelled_trials(),
+            "total_trials_count": trials.count_total_trials(),
+        }
         now = int(time.time() * 1000)
         self.runs.log_batch(
             self.run_id, metrics=[Metric(self.keys[k], float(v), now, 0) for k, v in counts.items()]

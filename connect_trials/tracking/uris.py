@@ -1,4 +1,5 @@
-"""Tracking URIs: made usable from the workers, safe to print, and checked before use."""
+"""Where the tracking server is: its URI made usable from the workers, safe to print and
+checked before use, and the environment the workers need to reach it."""
 
 from __future__ import annotations
 
@@ -44,3 +45,32 @@ def probe(uri: str) -> None:
             pass
     except OSError as exc:
         raise ConnectionError(f"cannot connect to the tracking server: {exc}") from None
+
+
+# The client's values of these reach the workers: credentials, TLS and retry settings of
+# the tracking server, and where a file store may be used. Never logged.
+FORWARDED_ENV = (
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_AUTH",
+    "MLFLOW_TRACKING_AWS_SIGV4",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_ALLOW_FILE_STORE",
+    "MLFLOW_S3_ENDPOINT_URL",
+)
+
+
+def worker_environ(tracking_uri: str, experiment_id: str) -> dict[str, str]:
+    """The environment a worker needs to write into this experiment (holds credentials)."""
+    return {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_EXPERIMENT_ID": experiment_id,
+        **{name: os.environ[name] for name in FORWARDED_ENV if name in os.environ},
+    }
