@@ -1,13 +1,11 @@
-"""The MLflow tracker: one fmin's parent run and a child run per trial (names: the package
-docstring). MLflow calls run on two :class:`CallThread`s, never on fmin's thread: one creates
-runs (the parent, then child runs kept ready ahead of the trials), the other writes
-everything else in order. fmin's thread waits for MLflow only in ``fmin_started`` (the parent
-run) and ``fmin_finished`` (the writes still queued), each as long as MLflow makes progress
-within ``CALL_TIMEOUT_S``.
+"""The MLflow tracker: one fmin's parent run and a child run per trial (what it records: the
+package docstring). MLflow is called off fmin's thread; fmin waits for it only in
+``fmin_started`` (for the parent run) and ``fmin_finished`` (for the writes still queued),
+and only while MLflow keeps answering within ``CALL_TIMEOUT_S``.
 
 Tracking trouble never fails an fmin: the first failure turns tracking off for the rest of
 it with one warning, and ``fmin_finished`` still ends every run this fmin created. A run
-created after its caller gave up on it is ended and deleted when it lands."""
+created after fmin stopped waiting for it is ended and deleted when it lands."""
 
 from __future__ import annotations
 
