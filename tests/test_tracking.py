@@ -21,10 +21,15 @@ import mlflow
 import numpy as np
 import pytest
 from hyperopt import STATUS_OK, fmin, hp, rand, tpe
+from hyperopt.pyll import scope
 from mlflow import MlflowClient
 from pyspark import cloudpickle
 
 from connect_trials import ConnectTrials, tracking
+from connect_trials.tracking import mlflow_tracker
+from connect_trials.tracking.hyperparameters import SearchSpace, algo_name, param_key
+from connect_trials.tracking.parent_run import ParentRun
+from connect_trials.tracking.uris import absolute_tracking_uri
 from tests.conftest import captured_log
 
 # The objectives below run on Spark workers, where this module cannot be imported.
@@ -183,51 +188,64 @@ X_SPACE = {"x": hp.uniform("x", -1, 1)}
 # -- names and values (no servers) ---------------------------------------------------------------
 def test_child_params_are_the_values_the_objective_received_with_the_index_of_each_choice() -> None:
     space = {**SPACE, "units": hp.pchoice("units", [(0.2, 16), (0.8, 64)])}
-    hyperparameters = tracking._Hyperparameters.of(space)
+    argument = {"x": 0.25, "act": "tanh", "model": {"C": 0.5, "type": "svm"}, "lr": 0.125, "units": 64}
     vals = {"x": [0.25], "act": [1], "model": [0], "C": [0.5], "lr (log)": [0.125], "units": [1]}
-    assert hyperparameters.params(vals) == {
+    assert SearchSpace.of(space).params(argument, vals) == {
         "x": "0.25",
         "act": "tanh",
         "act_index": "1",
-        "model": "{'C': 0.5, 'type': 'svm'}",
+        "model": "{'C': 0.5, 'type': 'svm'}",  # as mlflow.log_params(argument) writes it
         "model_index": "0",
-        "C": "0.5",
-        "lr _log_": "0.125",
+        "lr": "0.125",
         "units": "64",
         "units_index": "1",
     }
-    inactive = {**vals, "model": [1], "C": []}
-    params = hyperparameters.params(inactive)
-    assert params["model"] == "{'type': 'forest'}" and "C" not in params
+
+
+def test_params_of_a_scalar_or_list_argument_are_named_after_the_nearest_label() -> None:
+    n = scope.int(hp.quniform("n", 10, 100, 1))
+    assert SearchSpace.of(n).params(51, {"n": [51.0]}) == {"n": "51"}
+    space = [n, hp.loguniform("lr", -3, 0), 7]
+    assert SearchSpace.of(space).params([51, 0.1, 7], {"n": [51.0], "lr": [0.1]}) == {
+        "n": "51",
+        "lr": "0.1",
+        "2": "7",
+    }
+    choice = hp.choice("model", [{"depth": scope.int(hp.quniform("depth", 1, 5, 1))}, {"kind": "linear"}])
+    assert SearchSpace.of(choice).params({"depth": 3}, {"model": [0], "depth": [3.0]}) == {
+        "depth": "3",
+        "model_index": "0",
+    }
 
 
 @pytest.mark.parametrize("label", ["lr (log)", "../x", ".", "..", "a/b", "x:y", "ü", "", "a=b&c"])
 def test_any_hyperopt_label_becomes_a_valid_mlflow_param_name(label: str) -> None:
     from mlflow.utils.validation import _validate_param_name
 
-    _validate_param_name(tracking._param_key(label))
+    _validate_param_name(param_key(label))
 
 
-def test_algo_is_named_by_module_and_function() -> None:
+def test_algo_is_the_algorithms_module_as_databricks_logs_it() -> None:
     import functools
 
     from hyperopt import anneal
 
-    assert tracking._algo_name(tpe.suggest) == "tpe.suggest"
-    assert tracking._algo_name(functools.partial(tpe.suggest, n_startup_jobs=2)) == "tpe.suggest"
-    assert tracking._algo_name(anneal.suggest) == "anneal.suggest"
-    assert tracking._algo_name(run_fmin) == "tests.test_tracking.run_fmin"
+    assert algo_name(tpe.suggest) == "hyperopt.tpe"
+    assert algo_name(functools.partial(tpe.suggest, n_startup_jobs=2)) == "hyperopt.tpe"
+    assert algo_name(rand.suggest) == "hyperopt.rand"
+    assert algo_name(anneal.suggest) == "hyperopt.anneal"
+    assert algo_name(run_fmin) == "tests.test_tracking"
 
 
 def test_local_tracking_uris_are_made_absolute_because_workers_run_in_another_folder(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert tracking._absolute_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
-    assert tracking._absolute_tracking_uri("sqlite:////srv/mlflow.db") == "sqlite:////srv/mlflow.db"
-    assert tracking._absolute_tracking_uri("mlruns") == (tmp_path / "mlruns").as_uri()
-    assert tracking._absolute_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
-    assert tracking._absolute_tracking_uri("databricks") == "databricks"
+    assert absolute_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
+    assert absolute_tracking_uri("sqlite:////srv/mlflow.db") == "sqlite:////srv/mlflow.db"
+    assert absolute_tracking_uri("mlruns") == (tmp_path / "mlruns").as_uri()
+    assert absolute_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert absolute_tracking_uri("databricks") == "databricks"
 
 
 # -- parent and child runs -------------------------------------------------------------------------
@@ -244,7 +262,7 @@ def test_fmin_without_an_active_run_records_a_parent_and_one_child_per_trial_and
         "actual_parallelism": "2",
         "parallelism": "None",
         "timeout": "None",
-        "algo": "tpe.suggest",
+        "algo": "hyperopt.tpe",
         "max_queue_len": "1",
     }
     tags = parent.data.tags
@@ -272,13 +290,13 @@ def test_fmin_without_an_active_run_records_a_parent_and_one_child_per_trial_and
         assert run.data.metrics["loss"] == pytest.approx(trial["result"]["loss"])
         params = run.data.params
         assert float(params["x"]) == pytest.approx(vals["x"][0])
-        assert float(params["lr _log_"]) == pytest.approx(vals["lr (log)"][0])
+        assert float(params["lr"]) == pytest.approx(vals["lr (log)"][0])
         # hp.choice: the value the objective received, and the index hyperopt stores.
         assert params["act"] == ["relu", "tanh"][vals["act"][0]]
         assert params["act_index"] == str(vals["act"][0])
         assert params["model"] == str(trial["result"]["model"])
         assert params["model_index"] == str(vals["model"][0])
-        assert ("C" in params) == (trial["result"]["model"]["type"] == "svm")
+        assert set(params) == {"x", "lr", "act", "act_index", "model", "model_index"}
 
 
 def test_best_trial_loss_is_logged_at_each_improvement_with_the_finished_trial_count_as_step(
@@ -318,7 +336,7 @@ def test_two_fmins_in_one_active_run_leave_it_open_and_suffix_the_second_fmins_n
     second_uuid = tags[suffixed[0]]
     assert suffixed[0] == f"fmin_uuid_{second_uuid}" and second_uuid != first_uuid
     assert params["max_evals"] == "3" and params[f"max_evals_{second_uuid}"] == "4"
-    assert params["algo"] == params[f"algo_{second_uuid}"] == "rand.suggest"
+    assert params["algo"] == params[f"algo_{second_uuid}"] == "hyperopt.rand"
     assert metrics["total_trials_count"] == 3
     assert metrics[f"total_trials_count_{second_uuid}"] == 4
     assert metrics[f"best_trial_loss_{second_uuid}"] == pytest.approx(min(second.losses()))
@@ -498,7 +516,7 @@ def test_an_unreachable_tracking_server_only_warns_and_fmin_finds_the_same_best(
 def test_a_tracking_server_that_never_answers_cannot_stall_fmin(
     spark: Any, tracking_server: Tracking, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tracking, "_CALL_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(mlflow_tracker, "CALL_TIMEOUT_S", 1.0)
     with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
@@ -512,29 +530,37 @@ def test_a_tracking_server_that_never_answers_cannot_stall_fmin(
     assert elapsed < 15
 
 
-def test_tracking_that_breaks_during_fmin_stops_and_the_remaining_trials_run_untracked(
+def test_tracking_that_breaks_during_fmin_stops_and_still_ends_every_run_it_created(
     spark: Any, tracking_server: Tracking, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    create_child = tracking.MlflowTracker._create_child
-    created: list[int] = []
+    create_child = ParentRun.create_child
+    created: list[str] = []
 
-    def fails_after_two(self: tracking.MlflowTracker, tid: int) -> str:
-        if len(created) == 2:
+    def fails_after_three(self: ParentRun, *args: Any) -> str:
+        if len(created) == 3:
             raise ConnectionError("tracking server went away")
-        created.append(tid)
-        return create_child(self, tid)
+        created.append(create_child(self, *args))
+        return created[-1]
 
-    monkeypatch.setattr(tracking.MlflowTracker, "_create_child", fails_after_two)
+    monkeypatch.setattr(ParentRun, "create_child", fails_after_three)
     with captured_log() as log:
         trials, _ = run_fmin(spark, reports_mlflow_state, X_SPACE, max_evals=5, parallelism=1)
 
     assert trials.count_successful_trials() == 5
-    tracked = [t["tid"] for t in trials.trials if "MLFLOW_RUN_ID" in t["result"]["mlflow_env"]]
-    assert tracked == created == [0, 1]
+    tracked = [
+        t["result"]["mlflow_env"]["MLFLOW_RUN_ID"]
+        for t in trials.trials
+        if "MLFLOW_RUN_ID" in t["result"]["mlflow_env"]
+    ]
+    assert 1 <= len(tracked) < 5 and set(tracked) <= set(created)
     assert log.getvalue().count("MLflow tracking is off for the rest of this fmin") == 1
     assert "ConnectionError: tracking server went away" in log.getvalue()
-    _, children = tracking_server.parent_and_children()
-    assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1"]
+    assert "stay RUNNING" not in log.getvalue()
+    parent, children = tracking_server.parent_and_children()
+    assert parent.info.status == "FINISHED"
+    assert sorted(r.info.run_id for r in children) == sorted(tracked)
+    assert all(r.info.status == "FINISHED" and r.data.tags["trial_status"] == "success" for r in children)
+    assert [r.info.run_name for r in every_run(tracking_server) if r.info.status == "RUNNING"] == []
 
 
 def test_a_write_mlflow_refuses_is_one_warning_and_tracking_goes_on(
@@ -543,12 +569,12 @@ def test_a_write_mlflow_refuses_is_one_warning_and_tracking_goes_on(
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-    def refused(self: tracking.MlflowTracker, run_id: str) -> None:
-        raise MlflowException("Changing param values is not allowed.", error_code=INVALID_PARAMETER_VALUE)
+    def refused(self: ParentRun, loss: float, step: int) -> None:
+        raise MlflowException("Metric refused.", error_code=INVALID_PARAMETER_VALUE)
 
-    monkeypatch.setattr(tracking.MlflowTracker, "_log_child_params", refused)
+    monkeypatch.setattr(ParentRun, "log_best_loss", refused)
     with captured_log(level=logging.WARNING) as log:
-        trials, _ = run_fmin(spark, lambda p: p["x"], X_SPACE, max_evals=3)
+        run_fmin(spark, lambda p: p["x"], X_SPACE, max_evals=3)
 
     assert log.getvalue().count("MLflow refused part of this fmin's tracking") == 1
     assert "MLflow tracking is off" not in log.getvalue()
@@ -557,45 +583,8 @@ def test_a_write_mlflow_refuses_is_one_warning_and_tracking_goes_on(
     assert sorted(run.data.tags["trial_status"] for run in children) == ["success"] * 3
 
 
-def hold_logging_until_trials_end(monkeypatch: pytest.MonkeyPatch, n_trials: int) -> None:
-    """Keep the tracker's logging thread waiting until ``n_trials`` trials have ended, so
-    each child's params go out in the batch with its outcome."""
-    import threading
-
-    all_ended = threading.Event()
-    ended: list[int] = []
-    trial_finished = tracking.MlflowTracker.trial_finished
-    log_parent_settings = tracking.MlflowTracker._log_parent_settings
-
-    def counting(self: tracking.MlflowTracker, trial: dict[str, Any], best_loss: float) -> None:
-        trial_finished(self, trial, best_loss)
-        ended.append(trial["tid"])
-        if len(ended) == n_trials:
-            all_ended.set()
-
-    def held_back(self: tracking.MlflowTracker, settings: Any) -> None:
-        assert all_ended.wait(60)
-        log_parent_settings(self, settings)
-
-    monkeypatch.setattr(tracking.MlflowTracker, "trial_finished", counting)
-    monkeypatch.setattr(tracking.MlflowTracker, "_log_parent_settings", held_back)
-
-
-def test_params_of_trials_that_end_before_logging_catches_up_arrive_with_their_outcome(
-    spark: Any, tracking_server: Tracking, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    hold_logging_until_trials_end(monkeypatch, 3)
-    trials, _ = run_fmin(spark, lambda p: p["x"], X_SPACE, max_evals=3)
-
-    _, children = tracking_server.parent_and_children()
-    assert len(children) == 3
-    for run in children:
-        assert float(run.data.params["x"]) == pytest.approx(trial_of(trials, run)["misc"]["vals"]["x"][0])
-        assert run.data.tags["trial_status"] == "success"
-
-
-def test_a_param_the_objective_logged_with_another_value_costs_a_warning_not_the_outcome(
-    spark: Any, tracking_server: Tracking, monkeypatch: pytest.MonkeyPatch
+def test_a_param_the_objective_logged_with_another_value_keeps_the_objectives_value(
+    spark: Any, tracking_server: Tracking
 ) -> None:
     def logs_x_rounded(point: dict[str, Any]) -> float:
         import mlflow
@@ -603,13 +592,96 @@ def test_a_param_the_objective_logged_with_another_value_costs_a_warning_not_the
         mlflow.log_param("x", round(point["x"], 1))  # tracking's own x is the full value
         return point["x"]
 
-    hold_logging_until_trials_end(monkeypatch, 2)
     with captured_log(level=logging.WARNING) as log:
-        run_fmin(spark, logs_x_rounded, X_SPACE, max_evals=2)
+        trials, _ = run_fmin(spark, logs_x_rounded, X_SPACE, max_evals=2)
 
-    assert log.getvalue().count("MLflow refused part of this fmin's tracking") == 1
+    assert "MLflow refused" not in log.getvalue()
     _, children = tracking_server.parent_and_children()
     for run in children:
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["trial_status"] == "success"
+        x = trial_of(trials, run)["misc"]["vals"]["x"][0]
+        assert run.data.params["x"] == str(round(x, 1))
+        assert (run.info.status, run.data.tags["trial_status"]) == ("FINISHED", "success")
         assert "loss" in run.data.metrics
+
+
+# -- the objective's own param logging (issue: scripts written for SparkTrials) --------------------
+MODEL_SPACE = {
+    "n": scope.int(hp.quniform("n", 10, 100, 1)),
+    "lr": hp.loguniform("lr", -5, 0),
+    "step": hp.quniform("step", 0, 1, 0.25),
+    "optimizer": {"name": "adam", "beta": hp.uniform("beta", 0.8, 0.99)},
+    "model": hp.choice(
+        "model",
+        [
+            {"type": "forest", "depth": scope.int(hp.quniform("depth", 2, 8, 1))},
+            {"type": "linear", "l2": hp.loguniform("l2", -4, 0)},
+        ],
+    ),
+}
+
+
+def logs_its_own_params(params: dict[str, Any]) -> dict[str, Any]:
+    import mlflow
+
+    mlflow.log_params(params)  # the common SparkTrials pattern
+    return {"loss": params["lr"], "status": STATUS_OK, "received": {k: str(v) for k, v in params.items()}}
+
+
+def test_an_objective_that_logs_its_own_params_runs_every_trial_and_its_child_run_holds_them(
+    spark: Any, tracking_server: Tracking
+) -> None:
+    trials, _ = run_fmin(spark, logs_its_own_params, MODEL_SPACE, max_evals=6, seed=4)
+
+    assert trials.count_successful_trials() == 6 and trials.count_failed_trials() == 0
+    _, children = tracking_server.parent_and_children()
+    models = set()
+    for run in children:
+        trial = trial_of(trials, run)
+        received = trial["result"]["received"]
+        assert {k: run.data.params[k] for k in received} == received
+        assert received["n"] == str(int(received["n"]))  # scope.int: "51", not hyperopt's "51.0"
+        assert run.data.params["model_index"] == str(trial["misc"]["vals"]["model"][0])
+        models.add(eval(received["model"])["type"])
+        assert run.info.status == "FINISHED"
+    assert models == {"forest", "linear"}  # the seed reaches both branches
+
+
+def fits_a_tree_with_autolog(params: dict[str, Any]) -> float:
+    import mlflow
+    from sklearn.datasets import load_iris
+    from sklearn.tree import DecisionTreeClassifier
+
+    mlflow.sklearn.autolog(log_models=False, log_datasets=False)
+    features, labels = load_iris(return_X_y=True)
+    model = DecisionTreeClassifier(
+        max_depth=params["max_depth"], min_samples_leaf=params["leaf"], random_state=0
+    )
+    model.fit(features, labels)
+    return 1.0 - float(model.score(features, labels))
+
+
+def test_sklearn_autolog_in_the_objective_keeps_every_param_it_logs(
+    spark: Any, tracking_server: Tracking
+) -> None:
+    space = {
+        "max_depth": scope.int(hp.quniform("max_depth", 1, 6, 1)),
+        "leaf": scope.int(hp.quniform("leaf", 1, 9, 1)),
+    }
+    trials, _ = run_fmin(spark, fits_a_tree_with_autolog, space, max_evals=3, seed=2)
+
+    assert trials.count_successful_trials() == 3
+    _, children = tracking_server.parent_and_children()
+    for run in children:
+        vals = trial_of(trials, run)["misc"]["vals"]
+        params = run.data.params
+        assert params["max_depth"] == str(int(vals["max_depth"][0]))
+        assert params["min_samples_leaf"] == str(int(vals["leaf"][0]))
+        assert params["criterion"] == "gini"  # logged by autolog alone
+        assert "training_score" in run.data.metrics
+
+
+def every_run(server: Tracking) -> list[Any]:
+    """Every run of the test's experiment, deleted ones included."""
+    from mlflow.entities import ViewType
+
+    return server.client.search_runs([server.experiment_id], run_view_type=ViewType.ALL, max_results=1000)

@@ -1,0 +1,76 @@
+"""Where the tracking server is: its URI made usable from the workers, safe to print and
+checked before use, and the environment the workers need to reach it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.parse
+from pathlib import Path
+
+# How long the client waits for a TCP connection to an HTTP tracking server.
+PROBE_TIMEOUT_S = 2.0
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """The URI with local paths made absolute: workers run in another directory."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "sqlite" and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///") :])
+    if parsed.scheme == "" and uri and uri != "databricks":
+        return Path(uri).absolute().as_uri()
+    if parsed.scheme == "file" and not parsed.netloc and not parsed.path.startswith("/"):
+        return Path(parsed.path).absolute().as_uri()
+    return uri
+
+
+def redacted_uri(uri: str) -> str:
+    """The URI without a password, for messages."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.password is None:
+        return uri
+    host = parsed.netloc.rsplit("@", 1)[1]
+    return parsed._replace(netloc=f"{parsed.username}:***@{host}").geturl()
+
+
+def probe(uri: str) -> None:
+    """Raise ``ConnectionError`` at once if an HTTP tracking server refuses connections
+    (MLflow itself would retry for minutes)."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "localhost", port), timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise ConnectionError(f"cannot connect to the tracking server: {exc}") from None
+
+
+# The client's values of these reach the workers: credentials, TLS and retry settings of
+# the tracking server, and where a file store may be used. Never logged.
+FORWARDED_ENV = (
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_AUTH",
+    "MLFLOW_TRACKING_AWS_SIGV4",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_ALLOW_FILE_STORE",
+    "MLFLOW_S3_ENDPOINT_URL",
+)
+
+
+def worker_environ(tracking_uri: str, experiment_id: str) -> dict[str, str]:
+    """The environment a worker needs to write into this experiment (holds credentials)."""
+    return {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_EXPERIMENT_ID": experiment_id,
+        **{name: os.environ[name] for name in FORWARDED_ENV if name in os.environ},
+    }
