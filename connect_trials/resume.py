@@ -26,9 +26,7 @@ from typing import Any
 
 from hyperopt import base
 
-# Child-run tags that make a trial rebuildable (written by the tracker).
-TID_TAG = "trial_tid"
-VALS_TAG = "hyperopt_vals"
+from connect_trials.tracking.resume_tags import TID_TAG, VALS_TAG
 
 
 def save_trials(trials: Any, path: str) -> None:

@@ -330,6 +330,8 @@ class ConnectTrials(Trials):
             algo=algo,
             max_queue_len=int(max_queue_len),
             space=space,
+            objective_name=str(getattr(fn, "__name__", "") or ""),
+            resume_run_id=self._resume_parent_run_id,
         )
         tracker = create_tracker(spark, self.mlflow_tracking)
         # The client's retry policy is left alone (other threads and fmins share it); a

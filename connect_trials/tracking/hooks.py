@@ -24,6 +24,7 @@ class FminSettings:
     max_queue_len: int
     space: Any
     objective_name: str = ""  # the objective's __name__: the parent run is "fmin-<name>"
+    resume_run_id: str | None = None  # the parent run of a search resumed from MLflow
 
 
 class FminTracker:

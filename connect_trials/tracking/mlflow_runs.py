@@ -50,9 +50,13 @@ class MlflowRuns:
     def create(self, experiment_id: str, tags: dict[str, str], run_name: str) -> str:
         run = self.client.create_run(experiment_id, tags=tags, run_name=run_name)
         run_id = str(run.info.run_id)
+        self.track_open(run_id)
+        return run_id
+
+    def track_open(self, run_id: str) -> None:
+        """A run this fmin must end (created, or set RUNNING again to resume it)."""
         with self._open_lock:
             self._open_run_ids.add(run_id)
-        return run_id
 
     def end(self, run_id: str, status: RunStatus, name: str | None = None) -> None:
         """End a run, naming it too when ``name`` is given. ``set_terminated`` would read the
@@ -72,13 +76,14 @@ class MlflowRuns:
         self.client.delete_run(run_id)
 
     def end_child(self, run_id: str, name: str, params: dict[str, str], outcome: ChildOutcome,
-                  refused: Callable[[BaseException], None]) -> None:  # fmt: skip
+                  refused: Callable[[BaseException], None],
+                  trial_tags: dict[str, str] | None = None) -> None:  # fmt: skip
         """Write a trial's outcome and hyperparameters on its child run, then end it under its
         trial's name. A param the run already has is left as it is: the objective's own
         logging wins."""
         from mlflow.entities import Metric
 
-        tags = {"trial_status": outcome.trial_status.value}
+        tags = {"trial_status": outcome.trial_status.value, **(trial_tags or {})}
         if outcome.attempts is not None:
             tags["attempts"] = str(outcome.attempts)
         if outcome.trial_status is TrialStatus.FAILURE and outcome.error_type:

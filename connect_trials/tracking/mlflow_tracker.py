@@ -24,6 +24,7 @@ from connect_trials.tracking.hyperparameters import SearchSpace, raw_params
 from connect_trials.tracking.mlflow_runs import MlflowRuns, is_refusal
 from connect_trials.tracking.outcome import ChildOutcome, RunStatus, child_outcome
 from connect_trials.tracking.parent_run import ParentRun, open_parent
+from connect_trials.tracking.resume_tags import resume_tags
 from connect_trials.tracking.uris import absolute_tracking_uri, probe, redacted_uri, worker_environ
 
 logger = logging.getLogger("connect_trials")
@@ -166,8 +167,9 @@ class MlflowTracker(FminTracker):
 
     def _open_parent(self, active: Any, settings: FminSettings) -> ParentRun | None:
         parent = open_parent(
-            MlflowRuns(self._tracking_uri), active, settings.objective_name, settings.fmin_id[:6]
-        )
+            MlflowRuns(self._tracking_uri), active, settings.objective_name, settings.fmin_id[:6],
+            settings.resume_run_id,
+        )  # fmt: skip
         with self._state_lock:
             if not self._closed:
                 return parent
@@ -177,7 +179,9 @@ class MlflowTracker(FminTracker):
 
     def _end_child(self, tid: int, child: OpenChildRun, outcome: ChildOutcome) -> None:
         params = self._space.params(child.argument, child.trial["misc"]["vals"])
-        self._runs.end_child(child.run_id, f"trial-{tid}", params, outcome, self._refuse)
+        self._runs.end_child(
+            child.run_id, f"trial-{tid}", params, outcome, self._refuse, resume_tags(child.trial)
+        )
         with self._state_lock:
             self.open_child_runs.pop(tid, None)
 
@@ -186,8 +190,9 @@ class MlflowTracker(FminTracker):
         name = f"trial-{trial['tid']}"
         run_id = self._parent.create_child(name)
         self._runs.end_child(
-            run_id, name, raw_params(trial["misc"]["vals"]), child_outcome(trial), self._refuse
-        )
+            run_id, name, raw_params(trial["misc"]["vals"]), child_outcome(trial), self._refuse,
+            resume_tags(trial),
+        )  # fmt: skip
 
     def _discard_quietly(self, run_id: str, runs: MlflowRuns | None = None) -> None:
         try:

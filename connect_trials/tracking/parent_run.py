@@ -28,14 +28,22 @@ _BEST_LOSS_METRIC = "best_trial_loss"
 PENDING_RUN_NAME = "trial-pending"  # a child run's name until a trial takes it
 
 
-def open_parent(runs: MlflowRuns, active: Any, objective_name: str, fmin_uuid: str) -> ParentRun:
-    """The caller's active run, else a new run named after the objective (``fmin-<name>``)
-    in the experiment ``mlflow.start_run()`` would use."""
+def open_parent(
+    runs: MlflowRuns, active: Any, objective_name: str, fmin_uuid: str, resume_run_id: str | None = None
+) -> ParentRun:
+    """The caller's active run; else the run of a search being resumed
+    (``ConnectTrials.from_mlflow``), running again until this fmin ends; else a new run named
+    after the objective (``fmin-<name>``) in the experiment ``mlflow.start_run()`` would use."""
     from mlflow.tracking import fluent
     from mlflow.tracking.context import registry
 
     if active is not None:
         return ParentRun(runs, active.info.experiment_id, active.info.run_id, False, fmin_uuid)
+    if resume_run_id is not None:
+        experiment_id = runs.client.get_run(resume_run_id).info.experiment_id
+        runs.client.update_run(resume_run_id, status="RUNNING")
+        runs.track_open(resume_run_id)
+        return ParentRun(runs, experiment_id, resume_run_id, True, fmin_uuid, created=False)
     experiment_id = fluent._get_experiment_id() or "0"
     tags = {**registry.resolve_tags(), "runSource": RUN_SOURCE}
     run_name = f"fmin-{objective_name}" if objective_name else "fmin"
@@ -49,12 +57,14 @@ class ParentRun:
     with the suffix ``_<fmin_uuid>``."""
 
     def __init__(
-        self, runs: MlflowRuns, experiment_id: str, run_id: str, owned: bool, fmin_uuid: str
-    ) -> None:
+        self, runs: MlflowRuns, experiment_id: str, run_id: str, owned: bool, fmin_uuid: str,
+        created: bool | None = None,
+    ) -> None:  # fmt: skip
         self.runs = runs
         self.experiment_id = experiment_id
         self.run_id = run_id
-        self.owned = owned  # created for this fmin, so ended by it
+        self.owned = owned  # ended by this fmin
+        self.created = owned if created is None else created  # made by it: holds no names yet
         self.fmin_uuid = fmin_uuid
         self.keys: dict[str, str] = {}  # a name -> the name this fmin writes it under
 
@@ -111,7 +121,7 @@ class ParentRun:
             self.runs.end(self.run_id, status)
 
     def _choose_keys(self) -> None:
-        if self.owned:
+        if self.created:
             params: Any = {}
             tags: Any = {}
             metrics: Any = {}
