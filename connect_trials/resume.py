@@ -96,6 +96,17 @@ def trial_docs_from_runs(trials: Any, runs: Iterable[Any]) -> list[dict[str, Any
     return sorted(docs, key=lambda d: d["tid"])
 
 
+def end_orphaned_runs(runs: Iterable[Any], tracking_uri: str | None = None) -> None:
+    """Child runs still RUNNING (their client died mid-trial) end KILLED, tagged cancelled."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    for run in runs:
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "trial_status", "cancelled")
+            client.set_terminated(run.info.run_id, "KILLED")
+
+
 def child_runs(parent_run_id: str, tracking_uri: str | None = None) -> tuple[Any, list[Any]]:
     """The parent run and its child runs (all pages)."""
     from mlflow import MlflowClient

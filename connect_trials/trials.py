@@ -160,9 +160,11 @@ class ConnectTrials(Trials):
 
         ``kwargs`` are the other constructor arguments (``parallelism=``, ``timeout=``, ...).
         Restores each ended trial's hyperparameters, status and loss; not the rest of its
-        result dictionary, and not trials that were cancelled or still running."""
+        result dictionary, and not trials that were cancelled or still running (a child run
+        left RUNNING by a client that died is ended KILLED here)."""
         _, runs = resume.child_runs(parent_run_id)
         trials = cls(spark_session=spark_session, **kwargs)
+        resume.end_orphaned_runs(runs)
         resume.insert_finished(trials, resume.trial_docs_from_runs(trials, runs))
         trials._resume_parent_run_id = parent_run_id
         logger.info(

@@ -195,3 +195,72 @@ def test_saved_trials_pickle_without_their_session_and_take_the_active_one(spark
     with captured_log():
         fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, 3, trials=loaded, show_progressbar=False)
     assert loaded._spark is spark and len(loaded.trials) == 3
+
+
+TRACKED_SEARCH = """
+    import os, socket
+    from hyperopt import fmin, hp, tpe
+    from pyspark.sql import SparkSession
+    from connect_trials import ConnectTrials
+
+    spark = SparkSession.builder.remote(os.environ["CONNECT_URL"]).getOrCreate()
+    marks, signal_port = os.environ["MARKS"], int(os.environ.get("SIGNAL_PORT", "0"))
+
+    def objective(x):
+        import os, socket
+        if signal_port and len(os.listdir(marks)) >= 3:
+            with socket.create_connection(("127.0.0.1", signal_port)) as s:
+                s.recv(1)
+            return (x - 0.3) ** 2
+        open(os.path.join(marks, repr(x)), "w").close()
+        return (x - 0.3) ** 2
+
+    if os.environ.get("PARENT_RUN_ID"):
+        trials = ConnectTrials.from_mlflow(os.environ["PARENT_RUN_ID"], parallelism=1)
+        print("RESTORED", len(trials.trials))
+    else:
+        trials = ConnectTrials(parallelism=1)
+    fmin(objective, hp.uniform("x", 0, 1), tpe.suggest, 6, trials=trials, show_progressbar=False)
+    print("TOTAL", len(trials.trials))
+    spark.stop()
+"""
+
+
+def test_from_mlflow_resumes_a_tracked_search_whose_client_was_killed(
+    connect_server, mlflow_server, tmp_path
+):
+    from mlflow import MlflowClient
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(180)
+    env = clean_env(CONNECT_URL=connect_server.url, MARKS=str(marks), MLFLOW_TRACKING_URI=mlflow_server,
+                    SIGNAL_PORT=str(listener.getsockname()[1]))  # fmt: skip
+    env.pop("MLFLOW_EXPERIMENT_ID", None)
+    client = subprocess.Popen([sys.executable, "-c", textwrap.dedent(TRACKED_SEARCH)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        held, _ = listener.accept()  # three trials ended, the fourth runs
+    finally:
+        client.send_signal(signal.SIGKILL)
+        client.wait()
+    held.close()
+    listener.close()
+    mlflow = MlflowClient(mlflow_server)
+    [parent] = mlflow.search_runs(["0"], filter_string="tags.runSource = 'hyperoptAutoTracking' and "
+                                  "attributes.run_name = 'fmin-objective'")  # fmt: skip
+
+    env.pop("SIGNAL_PORT")
+    resumed = subprocess.run([sys.executable, "-c", textwrap.dedent(TRACKED_SEARCH)],
+                             env={**env, "PARENT_RUN_ID": parent.info.run_id},
+                             capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "RESTORED 3" in resumed.stdout and "TOTAL 6" in resumed.stdout
+    children = mlflow.search_runs(["0"], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    ended = [r for r in children if r.data.tags.get("trial_status") == "success"]
+    assert len(ended) == 6  # three from before the kill, three after, under one parent
+    assert mlflow.get_run(parent.info.run_id).info.status == "FINISHED"
+    # The trial that was running when its client died: ended KILLED by the resume.
+    orphans = [r for r in children if r.data.tags.get("trial_status") == "cancelled"]
+    assert [r.info.status for r in orphans] == ["KILLED"]
