@@ -97,12 +97,20 @@ def trial_docs_from_runs(trials: Any, runs: Iterable[Any]) -> list[dict[str, Any
 
 
 def end_orphaned_runs(runs: Iterable[Any], tracking_uri: str | None = None) -> None:
-    """Child runs still RUNNING (their client died mid-trial) end KILLED, tagged cancelled."""
+    """Child runs still RUNNING because their client died: a trial's ends KILLED, tagged
+    cancelled; one made ahead that no trial took is deleted, as the tracker would have."""
     from mlflow import MlflowClient
+
+    from connect_trials.tracking.parent_run import PENDING_RUN_NAME
 
     client = MlflowClient(tracking_uri)
     for run in runs:
-        if run.info.status == "RUNNING":
+        if run.info.status != "RUNNING":
+            continue
+        if run.info.run_name == PENDING_RUN_NAME and TID_TAG not in run.data.tags:
+            client.set_terminated(run.info.run_id, "KILLED")
+            client.delete_run(run.info.run_id)
+        else:
             client.set_tag(run.info.run_id, "trial_status", "cancelled")
             client.set_terminated(run.info.run_id, "KILLED")
 

@@ -70,6 +70,11 @@ class MlflowRuns:
         with self._open_lock:
             self._open_run_ids.discard(run_id)
 
+    def start_trial(self, run_id: str, name: str, tags: dict[str, str]) -> None:
+        """A run made ahead becomes a trial's: its name and first tags."""
+        self.client.update_run(run_id, name=name)
+        self.log_batch(run_id, tags=tags)
+
     def discard(self, run_id: str) -> None:
         """A run no trial used: ended KILLED, then deleted, so that it is not shown as a trial."""
         self.end(run_id, RunStatus.KILLED)

@@ -24,7 +24,7 @@ from connect_trials.tracking.hyperparameters import SearchSpace, raw_params
 from connect_trials.tracking.mlflow_runs import MlflowRuns, is_refusal
 from connect_trials.tracking.outcome import ChildOutcome, RunStatus, child_outcome
 from connect_trials.tracking.parent_run import ParentRun, open_parent
-from connect_trials.tracking.resume_tags import resume_tags
+from connect_trials.tracking.resume_tags import TID_TAG, resume_tags
 from connect_trials.tracking.uris import absolute_tracking_uri, probe, redacted_uri, worker_environ
 
 logger = logging.getLogger("connect_trials")
@@ -112,6 +112,9 @@ class MlflowTracker(FminTracker):
         tid = trial["tid"]
         with self._state_lock:
             self.open_child_runs[tid] = OpenChildRun(run_id, trial, argument)
+        # Named and tagged behind the trial, off its way to the job: a running trial shows
+        # under its name, and a search resumed after its client died knows it was taken.
+        self._write_later(self._runs.start_trial, run_id, f"trial-{tid}", {TID_TAG: str(tid)})
         environ = {"MLFLOW_RUN_ID": run_id}
         return environ if self._worker_environ_shipped else {**self._worker_environ, **environ}
 
