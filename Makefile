@@ -2,10 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STATE := $(CURDIR)/.connect-trials
-export CONNECT_TRIALS_HOME := $(STATE)
+# Servers and clusters keep their state under $CONNECT_TRIALS_HOME (default ~/.connect-trials),
+# the same folder for make, the connect-trials CLI and Python, so each finds what another started.
 
-.PHONY: setup test lint demo server server-stop server-status bench bench-quick clean
+.PHONY: setup test lint demo server server-stop server-status cluster cluster-stop cluster-status \
+	model-search bench bench-quick clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +33,20 @@ server-status: setup
 server-stop: setup
 	$(VENV)/bin/connect-trials server stop
 
+# A local standalone cluster: master, 2 workers x 2 cores, and a Connect server attached to it.
+cluster: setup
+	$(VENV)/bin/connect-trials cluster start --workers 2 --cores 2
+
+cluster-status: setup
+	$(VENV)/bin/connect-trials cluster status
+
+cluster-stop: setup
+	$(VENV)/bin/connect-trials cluster stop
+
+# The model-search scenario on a local cluster whose workers cannot see this folder.
+model-search: setup
+	$(PY) -m integration.model_search
+
 demo: setup
 	$(VENV)/bin/connect-trials demo
 
@@ -43,4 +58,4 @@ bench-quick: setup
 
 clean:
 	-$(VENV)/bin/connect-trials server stop
-	rm -rf $(STATE)
+	-$(VENV)/bin/connect-trials cluster stop

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -22,10 +23,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 DEFAULT_STATE_DIR = Path(os.environ.get("CONNECT_TRIALS_HOME", "~/.connect-trials")).expanduser()
 _LOOPBACK = "127.0.0.1"
+# Without TLS, the Python client sends a token only to the host name "localhost".
+_TOKEN_HOST = "localhost"
+# A SIGKILLed client's trials stop within about half a minute, not 5+ minutes: the server
+# ends each response stream after 10 s (a live client reattaches at once, a dead one never
+# does; a stream waiting on a silent trial would not notice its client is gone), an
+# operation nobody reattached to for 20 s is interrupted, and the server looks every 5 s.
+CLIENT_GONE_CONF = {
+    "spark.connect.execute.reattachable.senderMaxStreamDuration": "10s",
+    "spark.connect.execute.manager.detachedTimeout": "20s",
+    "spark.connect.execute.manager.maintenanceInterval": "5s",
+}
 _STARTUP_TIMEOUT_S = 180.0
 _STOP_TIMEOUT_S = 20.0
 
@@ -41,10 +53,43 @@ class ServerInfo:
     pid: int
     port: int
     master: str
+    token: str = ""
 
     @property
     def url(self) -> str:
-        return f"sc://{_LOOPBACK}:{self.port}"
+        """The URL to connect with, token included: never print it."""
+        return connect_url(self.port, self.token)
+
+    @property
+    def public_url(self) -> str:
+        """The URL without its token, for messages."""
+        return connect_url(self.port, "***" if self.token else "")
+
+
+def connect_url(port: int, token: str) -> str:
+    if not token:
+        return f"sc://{_LOOPBACK}:{port}"
+    return f"sc://{_TOKEN_HOST}:{port}/;token={token}"
+
+
+def read_token(state_dir: Path) -> str:
+    try:
+        return (state_dir / "token").read_text().strip()
+    except OSError:
+        return ""
+
+
+def new_token(state_dir: Path) -> str:
+    """A fresh token in ``state_dir/token``, readable by this user only. Anyone who can reach
+    a port on loopback could otherwise run code as you through the server."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    path = state_dir / "token"
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    return token
 
 
 def free_port() -> int:
@@ -109,7 +154,9 @@ class LocalConnectServer(_OwnedServer):
     """A Spark Connect server on loopback, owned by this object (or by its state folder).
 
     ``master`` is any Spark master URL: ``local[2]`` for one machine, ``spark://...`` for a
-    standalone cluster. ``conf`` adds Spark settings. The server binds to 127.0.0.1 only.
+    standalone cluster. ``conf`` adds Spark settings. The server binds to 127.0.0.1 only and
+    requires a token (``spark.connect.authenticate.token``, new at each start, kept in
+    ``state_dir/token`` readable by this user only); ``url`` carries it.
     """
 
     def __init__(
@@ -126,11 +173,17 @@ class LocalConnectServer(_OwnedServer):
         self.conf = dict(conf or {})
         # The workers must run the interpreter that has pyarrow and pandas (design.md).
         self.python = python or sys.executable
+        self.token = read_token(self.state_dir) if read_server_info(self.state_dir) else ""
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"sc://{_LOOPBACK}:{self.port}"
+        """The URL to connect with, token included: never print it (``public_url``)."""
+        return connect_url(self.port, self.token)
+
+    @property
+    def public_url(self) -> str:
+        return connect_url(self.port, "***" if self.token else "")
 
     @property
     def log_path(self) -> Path:
@@ -151,13 +204,32 @@ class LocalConnectServer(_OwnedServer):
             "spark.sql.warehouse.dir": str(self.state_dir / "warehouse"),
             "spark.driver.extraJavaOptions": f"-Dderby.system.home={self.state_dir / 'derby'}",
             "spark.pyspark.python": self.python,
+            **CLIENT_GONE_CONF,
             **self.conf,
         }
         script = spark_home() / "sbin" / "start-connect-server.sh"
-        cmd = ["bash", str(script), "--wait", "--master", self.master]
+        # The token goes in a file only this user can read, not on the command line, which
+        # every local user can see in /proc.
+        cmd = [
+            "bash",
+            str(script),
+            "--wait",
+            "--master",
+            self.master,
+            "--properties-file",
+            str(self._secret_conf()),
+        ]
         for key, value in conf.items():
             cmd += ["--conf", f"{key}={value}"]
         return cmd
+
+    def _secret_conf(self) -> Path:
+        path = self.state_dir / "secret.conf"
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"spark.connect.authenticate.token {self.token}\n")
+        return path
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -177,13 +249,14 @@ class LocalConnectServer(_OwnedServer):
         running = read_server_info(self.state_dir)
         if running is not None:
             raise ServerError(
-                f"a server started from {self.state_dir} is already running at {running.url} "
+                f"a server started from {self.state_dir} is already running at {running.public_url} "
                 f"(pid {running.pid}); stop it first or use another state folder"
             )
         if _port_open(self.port):
             raise ServerError(f"port {self.port} is already in use; pick another with port=")
         for sub in ("logs", "pids", "scratch"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        self.token = new_token(self.state_dir)
         log = open(self.log_path, "ab")
         try:
             self._proc = subprocess.Popen(
@@ -278,7 +351,10 @@ def read_server_info(state_dir: str | os.PathLike[str] | None = None) -> ServerI
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    info = ServerInfo(pid=int(data["pid"]), port=int(data["port"]), master=str(data["master"]))
+    info = ServerInfo(
+        pid=int(data["pid"]), port=int(data["port"]), master=str(data["master"]),
+        token=read_token(Path(state_dir or DEFAULT_STATE_DIR / "server")),
+    )  # fmt: skip
     if not _alive(info.pid):
         path.unlink(missing_ok=True)
         return None
@@ -353,3 +429,199 @@ class LocalMlflowServer(_OwnedServer):
         _terminate_group(self._proc.pid)
         self._proc.wait()
         self._proc = None
+
+
+class LocalCluster(_OwnedServer):
+    """A Spark standalone cluster on loopback, from the pyspark wheel: a master, ``workers``
+    workers of ``cores`` cores and ``memory`` each, and a Spark Connect server attached to it.
+
+        with LocalCluster(workers=2, cores=2, memory="1g") as cluster:
+            spark = SparkSession.builder.remote(cluster.url).getOrCreate()
+
+    ``hide`` lists folders the workers (their executors and Python workers) must not see, as
+    on a real cluster that shares nothing with the client: each gets an empty tmpfs over it in
+    a private mount namespace (``unshare -m``, root only). The client's interpreter, which the
+    workers run, and the cluster's own state folder are mounted back if they lie inside.
+    """
+
+    def __init__(
+        self,
+        workers: int = 2,
+        cores: int = 2,
+        memory: str = "1g",
+        state_dir: str | os.PathLike[str] | None = None,
+        hide: list[str] | None = None,
+        conf: dict[str, str] | None = None,
+    ) -> None:
+        if workers < 1 or cores < 1:
+            raise ValueError(f"workers and cores must be at least 1, not {workers} and {cores}")
+        self.workers = workers
+        self.cores = cores
+        self.memory = memory
+        self.state_dir = Path(state_dir) if state_dir else DEFAULT_STATE_DIR / "cluster"
+        self.hide = [os.path.realpath(p) for p in (hide or [])]
+        self.port = free_port()
+        self.webui_port = free_port()
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self.server = LocalConnectServer(
+            master=self.master_url,
+            state_dir=self.state_dir / "server",
+            conf={
+                "spark.executor.memory": _executor_memory(memory),
+                "spark.executor.cores": str(cores),
+                "spark.cores.max": str(workers * cores),
+                **(conf or {}),
+            },
+        )
+
+    @property
+    def master_url(self) -> str:
+        return f"spark://{_LOOPBACK}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The Connect server's URL, token included: never print it (``public_url``)."""
+        return self.server.url
+
+    @property
+    def public_url(self) -> str:
+        return self.server.public_url
+
+    @property
+    def _info_path(self) -> Path:
+        return self.state_dir / "cluster.json"
+
+    def start(self, timeout: float = _STARTUP_TIMEOUT_S) -> LocalCluster:
+        """Start master, workers and Connect server; return once the workers are registered
+        and the server's port answers."""
+        if read_cluster_info(self.state_dir) is not None:
+            raise ServerError(f"a cluster started from {self.state_dir} is already running; stop it first")
+        if self.hide and os.geteuid() != 0:
+            raise ServerError("hide= needs root (a private mount namespace per worker)")
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout
+        try:
+            master = ["org.apache.spark.deploy.master.Master", "--host", _LOOPBACK, "--port", str(self.port)]
+            self._spawn("master", [*master, "--webui-port", str(self.webui_port)])
+            self._wait(lambda: _port_open(self.port) and _port_open(self.webui_port), deadline, "master")
+            for i in range(self.workers):
+                work_dir = self.state_dir / f"worker-{i}"
+                work_dir.mkdir(parents=True, exist_ok=True)
+                self._spawn(
+                    f"worker-{i}",
+                    ["org.apache.spark.deploy.worker.Worker", self.master_url, "--host", _LOOPBACK,
+                     "--cores", str(self.cores), "--memory", self.memory, "--work-dir", str(work_dir),
+                     "--webui-port", "0"],
+                    hidden=True,
+                )  # fmt: skip
+            self._wait(lambda: self.alive_workers() >= self.workers, deadline, "workers")
+            self.server.start(timeout=max(deadline - time.monotonic(), 1.0))
+        except BaseException:
+            self.stop()
+            raise
+        self._info_path.write_text(json.dumps({"pids": [p.pid for p in self._procs], "port": self.port,
+                                               "webui_port": self.webui_port, "workers": self.workers,
+                                               "cores": self.cores}))  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()
+        info = read_cluster_info(self.state_dir)
+        pids = [p.pid for p in self._procs] or (info or {}).get("pids", [])
+        for pid in reversed(pids):
+            _terminate_group(pid)
+        for proc in self._procs:
+            proc.wait()
+        self._procs.clear()
+        self._info_path.unlink(missing_ok=True)
+
+    def alive_workers(self) -> int:
+        """Workers the master lists as ALIVE (its JSON status page)."""
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://{_LOOPBACK}:{self.webui_port}/json/", timeout=2) as response:
+                status = json.loads(response.read())
+        except (OSError, ValueError):
+            return 0
+        return sum(1 for w in status.get("workers", []) if w.get("state") == "ALIVE")
+
+    def _spawn(self, name: str, args: list[str], hidden: bool = False) -> None:
+        command = [str(spark_home() / "bin" / "spark-class"), *args]
+        if hidden and self.hide:
+            command = _in_private_mounts(command, self.hide, keep=[_venv_root(), str(self.state_dir)])
+        env = {**self.server._environment(), "SPARK_NO_DAEMONIZE": "1",
+               "SPARK_WORKER_DIR": str(self.state_dir / name)}  # fmt: skip
+        with open(self.state_dir / "logs" / f"{name}.out", "ab") as log:
+            self._procs.append(
+                subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )  # fmt: skip
+            )
+
+    def _wait(self, ready: Any, deadline: float, what: str) -> None:
+        # A JVM coming up: its port or the master's page are the only signals it gives.
+        while not ready():
+            dead = [p for p in self._procs if p.poll() is not None]
+            if dead:
+                raise ServerError(f"the cluster's {what} exited early; see {self.state_dir / 'logs'}")
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"the cluster's {what} did not come up in time; see {self.state_dir / 'logs'}"
+                )
+            time.sleep(0.2)
+
+
+def read_cluster_info(state_dir: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    """What a running cluster left in ``state_dir``, if its master still runs."""
+    path = Path(state_dir or DEFAULT_STATE_DIR / "cluster") / "cluster.json"
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not data.get("pids") or not _alive(int(data["pids"][0])):
+        path.unlink(missing_ok=True)
+        return None
+    return data
+
+
+def _executor_memory(worker_memory: str) -> str:
+    """Most of a worker's memory for its executor (the JVM needs some of its own beside)."""
+    units = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
+    number, unit = worker_memory[:-1], worker_memory[-1:].lower()
+    megabytes = float(number) * units[unit] if unit in units else float(worker_memory) / (1024 * 1024)
+    return f"{max(int(megabytes * 0.75), 256)}m"
+
+
+def _venv_root() -> str:
+    return os.path.realpath(sys.prefix)
+
+
+def _in_private_mounts(command: list[str], hide: list[str], keep: list[str]) -> list[str]:
+    """``command`` run in a private mount namespace where each folder of ``hide`` is an empty
+    tmpfs, except the folders of ``keep`` inside them, mounted back in place."""
+    keep = [os.path.realpath(k) for k in keep if any(_inside(k, h) for h in hide)]
+    lines = ["set -e", "mount -t tmpfs none /mnt"]
+    for i, path in enumerate(keep):
+        lines += [f"mkdir -p /mnt/keep{i}", f"mount --bind {_q(path)} /mnt/keep{i}"]
+    lines += [f"mount -t tmpfs none {_q(path)}" for path in hide]
+    for i, path in enumerate(keep):
+        lines += [f"mkdir -p {_q(path)}", f"mount --move /mnt/keep{i} {_q(path)}"]
+    lines.append('exec "$@"')
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(lines), "sh", *command]
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def _q(path: str) -> str:
+    import shlex
+
+    return shlex.quote(path)

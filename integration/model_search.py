@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 
         hidden = [str(Path.cwd()), tempfile.gettempdir()]
         print("starting a local cluster (2 workers x 1 core) ...", flush=True)
-        with LocalCluster(workers=2, cores=1, memory="1g", hide=hidden) as cluster:
+        state_dir = state / "model-search-cluster"
+        with LocalCluster(workers=2, cores=1, memory="1g", state_dir=state_dir, hide=hidden) as cluster:
             report = run(cluster.url, args.max_evals, args.parallelism)
     if args.json:
         print(json.dumps(report))

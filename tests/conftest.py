@@ -6,10 +6,11 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from io import StringIO
+from pathlib import Path
 
 import pytest
 
-from connect_trials.server import LocalConnectServer
+from connect_trials.server import LocalCluster, LocalConnectServer
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +91,29 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     with LocalMlflowServer(state_dir=tmp_path_factory.mktemp("mlflow-server")) as server:
         yield server.url
+
+
+# -- the shared cluster ----------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A standalone cluster of 2 workers x 1 core whose workers cannot see this checkout nor the
+    suite's temporary folder (where the client's tracking store lives)."""
+    base = tmp_path_factory.getbasetemp()
+    hidden = [str(ROOT), str(base)]
+    with LocalCluster(workers=2, cores=1, memory="1g", state_dir=base / "cluster", hide=hidden) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def cluster_spark(cluster: LocalCluster):  # type: ignore[no-untyped-def]
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.builder.remote(cluster.url).create()
+    session.range(0, 2, 1, 2).mapInPandas(lambda it: it, "id long").collect()  # start Python workers
+    try:
+        yield session
+    finally:
+        session.stop()

@@ -30,13 +30,16 @@ def test_cli_starts_reports_and_stops_a_server(tmp_path):
 
     started = run_cli("server", "start", "--master", "local[1]", state_dir=state)
     assert started.returncode == 0, started.stderr
-    url = next(line for line in started.stdout.splitlines() if line.startswith("sc://"))
+    shown = next(line for line in started.stdout.splitlines() if line.startswith("sc://"))
     info = server.read_server_info(state / "")
     try:
-        assert info is not None and info.url == url
+        assert info is not None and info.public_url == shown
+        assert info.token and info.token not in started.stdout  # the token is never printed
+        url = run_cli("server", "url", state_dir=state).stdout.strip()
+        assert url == info.url and info.token in url
         assert (state / "logs" / "connect-server.out").exists()
         status = run_cli("server", "status", state_dir=state)
-        assert status.returncode == 0 and url in status.stdout
+        assert status.returncode == 0 and shown in status.stdout and info.token not in status.stdout
         again = run_cli("server", "start", state_dir=state)
         assert "already running" in again.stdout
 
