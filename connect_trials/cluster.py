@@ -1,31 +1,58 @@
 """How many trials the cluster can run at once, learned over Spark Connect.
 
-Spark Connect has no ``sparkContext.defaultParallelism``. What the cluster does expose is
-how many partitions it gives an unpartitioned ``spark.range``: Spark sizes that by the
-task slots of its executors (``spark.sql.leafNodeDefaultParallelism``, which defaults to
-the scheduler's default parallelism). A small probe job counts them.
+Spark Connect has no ``sparkContext.defaultParallelism``. The cheap answers come from the
+server's conf, read without a job: ``spark.default.parallelism`` when set, ``local[N]``, or
+``spark.cores.max`` / ``spark.executor.instances`` x ``spark.executor.cores`` on a cluster.
+Only when none of them answers does a small probe job count the partitions Spark gives an
+unpartitioned ``spark.range`` (it sizes them by its executors' task slots). The answer is
+kept per session: the probe's first Python job costs seconds on a fresh session.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import threading
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
+_slots_by_session: dict[str, int | None] = {}
+_lock = threading.Lock()
+
 
 def task_slots(spark: Any) -> int | None:
     """The cluster's task slots, or None when they cannot be learned."""
-    for key in ("spark.default.parallelism", "spark.sql.leafNodeDefaultParallelism"):
-        try:
-            value = spark.conf.get(key, None)
-        except Exception:  # noqa: BLE001 - some servers refuse to show their conf
-            value = None
-        if value:
-            try:
-                return int(value)
-            except ValueError:
-                pass
+    key = str(getattr(spark, "session_id", None) or id(spark))
+    with _lock:
+        if key in _slots_by_session:
+            return _slots_by_session[key]
+    slots = _slots_from_conf(spark)
+    if slots is None:
+        slots = _slots_from_probe(spark)
+    with _lock:
+        _slots_by_session[key] = slots
+    return slots
+
+
+def _slots_from_conf(spark: Any) -> int | None:
+    def number(key: str) -> int | None:
+        value = spark_conf(spark, key)
+        return int(value) if value and value.strip().isdigit() and int(value) > 0 else None
+
+    master = spark_conf(spark, "spark.master") or ""
+    local = re.fullmatch(r"local\[(\d+)(?:,\s*\d+)?\]", master)
+    candidates = [
+        number("spark.default.parallelism"),
+        int(local.group(1)) if local else (1 if master == "local" else None),
+        number("spark.cores.max"),
+    ]
+    instances, cores = number("spark.executor.instances"), number("spark.executor.cores")
+    candidates.append(instances * cores if instances and cores else None)
+    return next((c for c in candidates if c is not None), None)
+
+
+def _slots_from_probe(spark: Any) -> int | None:
     try:
         from pyspark.sql import functions as F
 

@@ -62,3 +62,13 @@ def test_parallelism_above_max_evals_warns(spark):
         fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, 2, trials=trials, show_progressbar=False)
     assert "parallelism (8) is greater than max_evals (2)" in out.getvalue()
     assert trials.count_successful_trials() == 2
+
+
+def test_task_slots_come_from_the_servers_conf_without_a_probe_job(spark, monkeypatch):
+    cluster._slots_by_session.clear()
+
+    def no_job(_spark):
+        raise AssertionError("a probe job ran")
+
+    monkeypatch.setattr(cluster, "_slots_from_probe", no_job)
+    assert cluster.task_slots(spark) == 2  # local[2], read from spark.master
