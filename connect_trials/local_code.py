@@ -16,6 +16,7 @@ inside the objective, data files of a package), add them yourself with Spark's o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -38,11 +39,12 @@ _NEVER = frozenset({"connect_trials", "__main__", "pydevd", "_pydevd_bundle", "_
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # a fixed date, so that the same sources give the same hash
 
 
-def _installed_roots() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def _installed_roots() -> tuple[str, ...]:
     roots = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
     roots.add(sys.base_prefix)
     roots.add(sys.prefix)
-    return [os.path.realpath(root) + os.sep for root in roots]
+    return tuple(os.path.realpath(root) + os.sep for root in roots)
 
 
 def is_installed(path: str) -> bool:
@@ -56,6 +58,12 @@ def is_local(module: types.ModuleType | None) -> bool:
     path = getattr(module, "__file__", None)
     if module is None or path is None or module.__name__.split(".")[0] in _NEVER:
         return False
+    return _is_local_file(path)
+
+
+@functools.lru_cache(maxsize=8192)
+def _is_local_file(path: str) -> bool:
+    # Cached: every fmin looks at every module loaded, thousands of realpath calls otherwise.
     return not is_installed(path)
 
 

@@ -28,12 +28,23 @@ def spark(connect_server: LocalConnectServer):  # type: ignore[no-untyped-def]
     from pyspark.sql import SparkSession
 
     session = SparkSession.builder.remote(connect_server.url).getOrCreate()
-    # The first Python job of a session starts its Python workers (5-8 s): pay it once here.
-    session.range(0, 1, 1, 1).mapInPandas(lambda it: it, "id long").collect()
+    warm_up(session)
     try:
         yield session
     finally:
         session.stop()
+
+
+def warm_up(session) -> None:  # type: ignore[no-untyped-def]
+    """Start the session's Python workers once, here, rather than in a test with a timeout:
+    the first Python job of a session starts them (5-8 s), and so does the first job after a
+    new pyfile artifact, which the first fmin adds (the suite's own modules, see
+    local_code.py). All test modules are imported by now, so that artifact stays the same.
+    The version check's probe (once per session) is that first job."""
+    from connect_trials import compat, local_code
+
+    local_code.ship_local_code(session)
+    compat.check_cluster(session)  # the version probe, once per session: a job of its own
 
 
 @contextlib.contextmanager
@@ -112,7 +123,7 @@ def cluster_spark(cluster: LocalCluster):  # type: ignore[no-untyped-def]
     from pyspark.sql import SparkSession
 
     session = SparkSession.builder.remote(cluster.url).create()
-    session.range(0, 2, 1, 2).mapInPandas(lambda it: it, "id long").collect()  # start Python workers
+    warm_up(session)
     try:
         yield session
     finally:

@@ -125,9 +125,11 @@ def test_replay_without_an_fmin_says_what_is_missing():
 
 
 # -- resume after the client died ----------------------------------------------------------------
-RESUMABLE_SEARCH = """
-    import os, socket, sys
-    from hyperopt import fmin, hp, rand
+# A client whose fourth trial tells the test it runs, then holds until the test lets go (after
+# it killed the client); the three before it leave marks so that the resumed client knows.
+SEARCH_CLIENT = """
+    import os, socket
+    from hyperopt import fmin, hp, rand, tpe
     from pyspark.sql import SparkSession
     from connect_trials import ConnectTrials
 
@@ -137,13 +139,14 @@ RESUMABLE_SEARCH = """
     def objective(x):
         import os, socket
         if signal_port and len(os.listdir(marks)) >= 3:
-            # The fourth trial: tell the test, then hold until it lets go (after the kill).
             with socket.create_connection(("127.0.0.1", signal_port)) as s:
                 s.recv(1)
-            return x
+            return (x - 0.3) ** 2
         open(os.path.join(marks, repr(x)), "w").close()
-        return x
+        return (x - 0.3) ** 2
+"""
 
+RESUMABLE_SEARCH = SEARCH_CLIENT + """
     trials = ConnectTrials(parallelism=1, mlflow_tracking=False)
     fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 6, trials=trials,
          show_progressbar=False, trials_save_file=os.environ["SAVE_FILE"])
@@ -151,29 +154,44 @@ RESUMABLE_SEARCH = """
     spark.stop()
 """
 
+TRACKED_SEARCH = SEARCH_CLIENT + """
+    if os.environ.get("PARENT_RUN_ID"):
+        trials = ConnectTrials.from_mlflow(os.environ["PARENT_RUN_ID"], parallelism=1)
+        print("RESTORED", len(trials.trials))
+    else:
+        trials = ConnectTrials(parallelism=1)
+    fmin(objective, hp.uniform("x", 0, 1), tpe.suggest, 6, trials=trials, show_progressbar=False)
+    print("TOTAL", len(trials.trials))
+    spark.stop()
+"""
 
-def test_trials_save_file_resumes_a_search_whose_client_was_killed(connect_server, tmp_path):
-    save_file, marks = tmp_path / "search.pkl", tmp_path / "marks"
-    marks.mkdir()
+
+def kill_during_the_fourth_trial(script: str, env: dict[str, str]) -> None:
+    """Run ``script`` as a client and SIGKILL it while its fourth trial runs."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(180)
-    env = clean_env(CONNECT_URL=connect_server.url, MARKS=str(marks), SAVE_FILE=str(save_file),
-                    SIGNAL_PORT=str(listener.getsockname()[1]))  # fmt: skip
-    client = subprocess.Popen([sys.executable, "-c", textwrap.dedent(RESUMABLE_SEARCH)], env=env,
+    client = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)],
+                              env={**env, "SIGNAL_PORT": str(listener.getsockname()[1])},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        held, _ = listener.accept()  # the fourth trial runs: three were saved
+        held, _ = listener.accept()  # three trials ended, the fourth runs
     finally:
         client.send_signal(signal.SIGKILL)
         client.wait()
     held.close()  # the orphaned trial ends; its result has no client to go to
     listener.close()
+
+
+def test_trials_save_file_resumes_a_search_whose_client_was_killed(connect_server, tmp_path):
+    save_file, marks = tmp_path / "search.pkl", tmp_path / "marks"
+    marks.mkdir()
+    env = clean_env(CONNECT_URL=connect_server.url, MARKS=str(marks), SAVE_FILE=str(save_file))
+    kill_during_the_fourth_trial(RESUMABLE_SEARCH, env)
     with open(save_file, "rb") as f:
         saved = pickle.load(f)
     first_three = [t["misc"]["vals"] for t in saved.trials]
     assert len(first_three) == 3 and all(t["state"] == base.JOB_STATE_DONE for t in saved.trials)
 
-    env.pop("SIGNAL_PORT")
     resumed = subprocess.run([sys.executable, "-c", textwrap.dedent(RESUMABLE_SEARCH)], env=env,
                              capture_output=True, text=True, timeout=240)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -197,35 +215,6 @@ def test_saved_trials_pickle_without_their_session_and_take_the_active_one(spark
     assert loaded._spark is spark and len(loaded.trials) == 3
 
 
-TRACKED_SEARCH = """
-    import os, socket
-    from hyperopt import fmin, hp, tpe
-    from pyspark.sql import SparkSession
-    from connect_trials import ConnectTrials
-
-    spark = SparkSession.builder.remote(os.environ["CONNECT_URL"]).getOrCreate()
-    marks, signal_port = os.environ["MARKS"], int(os.environ.get("SIGNAL_PORT", "0"))
-
-    def objective(x):
-        import os, socket
-        if signal_port and len(os.listdir(marks)) >= 3:
-            with socket.create_connection(("127.0.0.1", signal_port)) as s:
-                s.recv(1)
-            return (x - 0.3) ** 2
-        open(os.path.join(marks, repr(x)), "w").close()
-        return (x - 0.3) ** 2
-
-    if os.environ.get("PARENT_RUN_ID"):
-        trials = ConnectTrials.from_mlflow(os.environ["PARENT_RUN_ID"], parallelism=1)
-        print("RESTORED", len(trials.trials))
-    else:
-        trials = ConnectTrials(parallelism=1)
-    fmin(objective, hp.uniform("x", 0, 1), tpe.suggest, 6, trials=trials, show_progressbar=False)
-    print("TOTAL", len(trials.trials))
-    spark.stop()
-"""
-
-
 def test_from_mlflow_resumes_a_tracked_search_whose_client_was_killed(
     connect_server, mlflow_server, tmp_path
 ):
@@ -233,25 +222,13 @@ def test_from_mlflow_resumes_a_tracked_search_whose_client_was_killed(
 
     marks = tmp_path / "marks"
     marks.mkdir()
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(180)
-    env = clean_env(CONNECT_URL=connect_server.url, MARKS=str(marks), MLFLOW_TRACKING_URI=mlflow_server,
-                    SIGNAL_PORT=str(listener.getsockname()[1]))  # fmt: skip
+    env = clean_env(CONNECT_URL=connect_server.url, MARKS=str(marks), MLFLOW_TRACKING_URI=mlflow_server)
     env.pop("MLFLOW_EXPERIMENT_ID", None)
-    client = subprocess.Popen([sys.executable, "-c", textwrap.dedent(TRACKED_SEARCH)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    try:
-        held, _ = listener.accept()  # three trials ended, the fourth runs
-    finally:
-        client.send_signal(signal.SIGKILL)
-        client.wait()
-    held.close()
-    listener.close()
+    kill_during_the_fourth_trial(TRACKED_SEARCH, env)
     mlflow = MlflowClient(mlflow_server)
     [parent] = mlflow.search_runs(["0"], filter_string="tags.runSource = 'hyperoptAutoTracking' and "
                                   "attributes.run_name = 'fmin-objective'")  # fmt: skip
 
-    env.pop("SIGNAL_PORT")
     resumed = subprocess.run([sys.executable, "-c", textwrap.dedent(TRACKED_SEARCH)],
                              env={**env, "PARENT_RUN_ID": parent.info.run_id},
                              capture_output=True, text=True, timeout=240)  # fmt: skip
