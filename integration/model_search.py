@@ -99,7 +99,9 @@ def run(url: str, max_evals: int, parallelism: int | None) -> dict[str, Any]:
                         show_progressbar=False)  # fmt: skip
             best_params = space_eval(space, best)
             model = make_model(best_params).fit(X, y)  # refit on all the data, here
-            info = mlflow.sklearn.log_model(model, name="model", input_example=X[:2])
+            info = mlflow.sklearn.log_model(
+                model, name="model", serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE
+            )
         elapsed = time.monotonic() - started
         version = mlflow.register_model(info.model_uri, MODEL_NAME)
         return {

@@ -331,7 +331,7 @@ def test_a_timed_out_fmin_leaves_no_job_of_its_tag_running_on_the_server(spark):
         connection.close()
         return x
 
-    trials = ConnectTrials(parallelism=2, timeout=3, spark_session=spark)
+    trials = ConnectTrials(parallelism=2, timeout=6, spark_session=spark)
     fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 6, trials=trials, return_argmin=False)
     assert trials.fmin_cancelled_reason == "fmin run timeout"
     assert held.first.is_set() and trials.count_successful_trials() == 0

@@ -88,7 +88,8 @@ def test_a_server_dying_mid_fmin_fails_fmin_within_seconds_and_keeps_finished_tr
     assert proc.returncode == 0, err[-3000:]
     report = json.loads(out.strip().splitlines()[-1])
     assert report["error"] == "ClusterUnavailableError", report
-    assert "stopped answering" in report["message"]
+    # Whichever notices first: the trial's own call, or the watchdog (see session.py).
+    assert "stopped answering" in report["message"] or "refused connections" in report["message"]
     assert report["successful"] == 3
     assert report["cancelled"] == 1
     assert report["failed_at"] - killed_at < 20, report

@@ -405,7 +405,7 @@ def test_failed_trials_are_failed_child_runs_with_the_remote_traceback(
 def test_trials_cancelled_by_the_timeout_are_killed_child_runs(spark: Any, tracking_server: Tracking) -> None:
     space = {"sleep": hp.choice("sleep", [0, 60])}
     started = time.monotonic()
-    trials, _ = run_fmin(spark, sleeps, space, max_evals=2, seed=7, timeout=4)
+    trials, _ = run_fmin(spark, sleeps, space, max_evals=2, seed=7, timeout=8)
     assert time.monotonic() - started < 30
 
     assert trials.fmin_cancelled_reason == "fmin run timeout"
