@@ -63,7 +63,7 @@ def test_a_port_in_use_is_refused_with_a_clear_error(tmp_path):
             server.LocalConnectServer(port=port, state_dir=tmp_path).start()
 
 
-def test_a_server_dying_mid_fmin_fails_fmin_within_seconds_and_keeps_finished_trials(tmp_path):
+def test_a_server_dying_mid_fmin_fails_fmin_in_tens_of_seconds_and_keeps_finished_trials(tmp_path):
     srv = server.LocalConnectServer(master="local[1]", state_dir=tmp_path / "srv").start()
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(180)
@@ -92,7 +92,8 @@ def test_a_server_dying_mid_fmin_fails_fmin_within_seconds_and_keeps_finished_tr
     assert "stopped answering" in report["message"] or "refused connections" in report["message"]
     assert report["successful"] == 3
     assert report["cancelled"] == 1
-    assert report["failed_at"] - killed_at < 20, report
+    # The watchdog declares a server gone after 20 s of refused connections (session.py).
+    assert report["failed_at"] - killed_at < 45, report
 
 
 def test_a_classic_session_is_accepted_too():
