@@ -155,7 +155,8 @@ def test_connections_refused_for_seconds_cost_no_trial(own_server):
     from pyspark.sql import SparkSession
 
     proxy = FlakyProxy(own_server.port)
-    session = SparkSession.builder.remote(f"sc://127.0.0.1:{proxy.port}").create()
+    # The token is sent to the host name "localhost" only (no TLS).
+    session = SparkSession.builder.remote(f"sc://localhost:{proxy.port}/;token={own_server.token}").create()
     listener, port = running_signal()
 
     def objective(x: float) -> float:

@@ -420,7 +420,7 @@ def test_trials_cancelled_by_the_timeout_are_killed_child_runs(spark: Any, track
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["cancelled_trials_count"] == 1
     assert parent.data.metrics["successful_trials_count"] == 1
-    assert parent.data.params["timeout"] == "4"
+    assert parent.data.params["timeout"] == "8"
 
 
 # -- switches ----------------------------------------------------------------------------------------
