@@ -238,6 +238,9 @@ def test_from_mlflow_resumes_a_tracked_search_whose_client_was_killed(
     ended = [r for r in children if r.data.tags.get("trial_status") == "success"]
     assert len(ended) == 6  # three from before the kill, three after, under one parent
     assert mlflow.get_run(parent.info.run_id).info.status == "FINISHED"
-    # The trial that was running when its client died: ended KILLED by the resume.
+    # The trial that was running when its client died: ended KILLED by the resume (or deleted
+    # as unused, when the client died before its run was tagged with the trial). None is left
+    # RUNNING.
+    assert all(r.info.status != "RUNNING" for r in children)
     orphans = [r for r in children if r.data.tags.get("trial_status") == "cancelled"]
-    assert [r.info.status for r in orphans] == ["KILLED"]
+    assert [r.info.status for r in orphans] in ([], ["KILLED"])
