@@ -40,7 +40,7 @@ class InlineExecutor:
     def run_trial(self, request: job.TrialRequest) -> job.TrialOutcome:
         if self._cancelled.is_set():
             return job.TrialOutcome(request.tid, job.OutcomeKind.CANCELLED, error_type="cancelled")
-        row = worker.run_trial(self._payload, request.argument_blob, request.environ)
+        row = worker.run_trial(self._payload, request.argument_blob, request.environ, in_client=True)
         return job.decode_row(request.tid, row)
 
     def cancel_all(self) -> None:

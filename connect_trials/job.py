@@ -90,6 +90,9 @@ class TrialOutcome:
     started_at: float | None = None
     finished_at: float | None = None
     attempt: int | None = None  # the task attempt that produced the row (0 = the first)
+    output: str | None = None  # the tail of what the objective printed (None: no row came back)
+    warnings: tuple[str, ...] = ()  # distinct warnings and WARNING+ log records of the objective
+    relayed: bytes | None = None  # the objective's MLflow logging, when the worker relayed it
     # time.monotonic() on the client when run_trial returned; set by the scheduler.
     received_at: float | None = None
 
@@ -241,6 +244,9 @@ def decode_row(tid: int, row: Any) -> TrialOutcome:
         "started_at": row["started_at"],
         "finished_at": row["finished_at"],
         "attempt": row["attempt"],
+        "output": row["output"] or "",
+        "warnings": tuple(row["warnings"] if row["warnings"] is not None else ()),
+        "relayed": row["relayed"],
     }
     status = row["status"]
     if status == worker.STATUS_RETURNED:

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 import queue
+import re
 import threading
 import time
 import traceback
@@ -90,6 +91,7 @@ class TrialScheduler:
         self.progress = progress
         self.after_trial = after_trial  # e.g. save the trials (trials_save_file)
         self._n_failed = 0
+        self._warnings_shown: set[str] = set()  # the workers' warnings, each logged once per fmin
         self._completions: queue.Queue[job.TrialOutcome] = queue.Queue()
         self._pending: list[dict[str, Any]] = []  # suggested, not yet submitted
         self._running: dict[int, dict[str, Any]] = {}
@@ -253,6 +255,9 @@ class TrialScheduler:
                 "trials object; the running ones are cancelled."
             )
         trial = self._running.pop(outcome.tid)
+        self._show_worker_warnings(outcome)
+        if outcome.relayed:
+            self.tracker.objective_logged(trial, outcome.relayed)
         if outcome.kind == OutcomeKind.UNAVAILABLE:
             self._finish_cancelled(trial, outcome)
             raise ClusterUnavailableError(
@@ -275,6 +280,8 @@ class TrialScheduler:
 
     def _handle_late(self, outcome: job.TrialOutcome) -> None:
         trial = self._running.pop(outcome.tid)
+        if outcome.relayed:
+            self.tracker.objective_logged(trial, outcome.relayed)
         try:
             result = _validated_result(outcome.value)
         except Exception:  # noqa: BLE001
@@ -299,10 +306,11 @@ class TrialScheduler:
     ) -> None:
         tid = trial["tid"]
         logger.error(
-            "trial task %s failed, exception is %s.\n %s",
+            "trial task %s failed, exception is %s.\n %s%s",
             tid,
             _failure_summary(error_type, error_text),
             error_text,
+            _output_excerpt(outcome.output if outcome is not None else None),
         )
         trial["state"] = base.JOB_STATE_ERROR
         trial["misc"]["error"] = (error_type, error_text)
@@ -317,6 +325,16 @@ class TrialScheduler:
         self.progress.trial_finished(self.best_loss, running=len(self._running), failed=self._n_failed)
         self.tracker.trial_finished(trial, self.best_loss)
         self.after_trial()
+
+    def _show_worker_warnings(self, outcome: job.TrialOutcome) -> None:
+        """Log what the objective warned about on its worker (MLflow's own warnings among
+        them), once per fmin for each distinct message: otherwise it reaches only the
+        executor's log, which users of a shared cluster rarely see."""
+        for message in outcome.warnings:
+            key = _WARNING_VARIABLES.sub("#", message)  # the same warning names each trial's run id
+            if key not in self._warnings_shown:
+                self._warnings_shown.add(key)
+                logger.warning("trial %s warned on its worker: %s", outcome.tid, message)
 
     def _finish_cancelled(self, trial: dict[str, Any], outcome: job.TrialOutcome) -> None:
         tid = trial["tid"]
@@ -447,6 +465,23 @@ def _stamp(trial: dict[str, Any], outcome: job.TrialOutcome | None) -> None:
             "finished_at": outcome.finished_at,
             "attempt": outcome.attempt,
         }
+    if outcome is not None and outcome.output is not None:
+        trial["misc"]["output"] = outcome.output
+
+
+# What differs between two trials' copies of one warning: run ids and other hex ids, numbers.
+_WARNING_VARIABLES = re.compile(r"\b[0-9a-f]{16,}\b|\d+(\.\d+)?")
+
+# Lines of a failed trial's output shown after its traceback in the log.
+_OUTPUT_EXCERPT_LINES = 20
+
+
+def _output_excerpt(output: str | None) -> str:
+    """The last lines the failed trial printed, for its log line ('' if it printed nothing)."""
+    lines = (output or "").rstrip().splitlines()[-_OUTPUT_EXCERPT_LINES:]
+    if not lines:
+        return ""
+    return "\n Last lines of its output:\n" + "\n".join(f"   {line}" for line in lines)
 
 
 def _failure_summary(error_type: str, error_text: str) -> str:

@@ -146,15 +146,20 @@ SEARCH_CLIENT = """
         return (x - 0.3) ** 2
 """
 
-RESUMABLE_SEARCH = SEARCH_CLIENT + """
+RESUMABLE_SEARCH = (
+    SEARCH_CLIENT
+    + """
     trials = ConnectTrials(parallelism=1, mlflow_tracking=False)
     fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 6, trials=trials,
          show_progressbar=False, trials_save_file=os.environ["SAVE_FILE"])
     print("TOTAL", len(trials.trials))
     spark.stop()
 """
+)
 
-TRACKED_SEARCH = SEARCH_CLIENT + """
+TRACKED_SEARCH = (
+    SEARCH_CLIENT
+    + """
     if os.environ.get("PARENT_RUN_ID"):
         trials = ConnectTrials.from_mlflow(os.environ["PARENT_RUN_ID"], parallelism=1)
         print("RESTORED", len(trials.trials))
@@ -164,6 +169,7 @@ TRACKED_SEARCH = SEARCH_CLIENT + """
     print("TOTAL", len(trials.trials))
     spark.stop()
 """
+)
 
 
 def kill_during_the_fourth_trial(script: str, env: dict[str, str]) -> None:

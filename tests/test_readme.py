@@ -22,7 +22,9 @@ def snippets() -> list[tuple[str, str | None, str]]:
 
 
 def test_the_readme_has_its_snippets():
-    assert {"debug", "replay", "resume-file", "resume-mlflow"} <= {name for name, _, _ in snippets()}
+    assert {"debug", "replay", "output", "resume-file", "resume-mlflow"} <= {
+        name for name, _, _ in snippets()
+    }
 
 
 @pytest.mark.parametrize(("name", "raises", "code"), snippets(), ids=[s[0] for s in snippets()])

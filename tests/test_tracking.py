@@ -685,3 +685,35 @@ def every_run(server: Tracking) -> list[Any]:
     from mlflow.entities import ViewType
 
     return server.client.search_runs([server.experiment_id], run_view_type=ViewType.ALL, max_results=1000)
+
+
+def logs_a_param_autolog_then_logs_again(params: dict[str, Any]) -> float:
+    import mlflow
+    from sklearn.datasets import load_iris
+    from sklearn.tree import DecisionTreeClassifier
+
+    mlflow.sklearn.autolog(log_models=False, log_datasets=False)
+    mlflow.log_param("max_depth", "shallow")  # autolog's max_depth=<int> will conflict with it
+    print("fitting a tree")
+    features, labels = load_iris(return_X_y=True)
+    model = DecisionTreeClassifier(max_depth=params["max_depth"], random_state=0).fit(features, labels)
+    return 1.0 - float(model.score(features, labels))
+
+
+def test_mlflows_own_warning_inside_a_trial_reaches_the_clients_log_once_and_output_is_attached(
+    spark: Any, tracking_server: Tracking
+) -> None:
+    space = {"max_depth": scope.int(hp.quniform("max_depth", 1, 6, 1))}
+    with captured_log(level=logging.WARNING) as log:
+        trials, _ = run_fmin(spark, logs_a_param_autolog_then_logs_again, space, max_evals=3)
+
+    assert trials.count_successful_trials() == 3
+    warned = [line for line in log.getvalue().splitlines() if "warned on its worker" in line]
+    assert len([line for line in warned if "Changing param values is not allowed" in line]) == 1, warned
+    _, children = tracking_server.parent_and_children()
+    for run in children:
+        output_file = tracking_server.client.download_artifacts(run.info.run_id, "output.txt")
+        with open(output_file) as f:
+            text = f.read()
+        assert text == trial_of(trials, run)["misc"]["output"]
+        assert "fitting a tree" in text

@@ -47,6 +47,10 @@ class FminTracker:
         Returns the trial's own, non-secret environment variables (its child run id)."""
         return {}
 
+    def objective_logged(self, trial: dict[str, Any], relayed: bytes) -> None:
+        """Called, before :meth:`trial_finished`, with what the objective logged to MLflow on
+        a worker that could not reach the tracking store (see ``worker._MlflowRelay``)."""
+
     def trial_finished(self, trial: dict[str, Any], best_loss: float) -> None:
         """Called once the trial is DONE, ERROR or CANCEL."""
 

@@ -13,6 +13,7 @@ from connect_trials.tracking.outcome import ChildOutcome, RunStatus, TrialStatus
 
 RUN_SOURCE = "hyperoptAutoTracking"
 _MAX_PARAMS_TAGS_PER_BATCH = 100
+_MAX_METRICS_PER_BATCH = 1000
 
 # MLflow error codes that mean "this request was wrong", as opposed to "MLflow is unwell".
 _REFUSALS = frozenset(
@@ -107,6 +108,8 @@ class MlflowRuns:
                 self.log_batch(run_id, params=params, tags=tags, metrics=metrics)
             if outcome.error_text:
                 self.log_text(run_id, outcome.error_text, "error_traceback.txt", refused)
+            if outcome.output:
+                self.log_text(run_id, outcome.output, "output.txt", refused)
         finally:
             self.end(run_id, outcome.run_status, name)
 
@@ -127,6 +130,31 @@ class MlflowRuns:
                 tags=[e for e in chunk if isinstance(e, RunTag)],
                 metrics=(metrics or []) if i == 0 else [],
             )
+
+    def replay(self, run_id: str, relayed: bytes, refused: Callable[[BaseException], None]) -> None:
+        """Write what the objective logged in a worker's relay store into its child run:
+        params, tags, every metric value with its own step and timestamp, and artifacts."""
+        import pickle
+        import tempfile
+        from pathlib import Path
+
+        from mlflow.entities import Metric
+
+        records = pickle.loads(relayed)
+        metrics = [Metric(key, value, timestamp, step) for key, value, timestamp, step in records["metrics"]]
+        self.log_batch(run_id, params=records["params"], tags=records["tags"])
+        for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i : i + _MAX_METRICS_PER_BATCH])
+        if records["artifacts"]:
+            with tempfile.TemporaryDirectory(prefix="connect-trials-relayed-") as folder:
+                for relative, content in records["artifacts"].items():
+                    path = Path(folder, relative)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(content)
+                try:
+                    self.client.log_artifacts(run_id, folder)
+                except Exception as exc:  # noqa: BLE001 - as log_text: the artifact store's refusal
+                    refused(exc)
 
     def log_text(self, run_id: str, text: str, name: str, refused: Callable[[BaseException], None]) -> None:
         """An artifact that only complements a tag: the artifact store (which may need

@@ -63,6 +63,7 @@ class MlflowTracker(FminTracker):
         self._ended_trials: set[int] = set()
         self._n_finished = 0
         self._best_logged = math.inf
+        self._relay_announced = False
         self.run_creation = CallThread("connect-trials-mlflow-create")
         self.writes = CallThread("connect-trials-mlflow-write")
         self._child_runs: ChildRunPool | None = None
@@ -117,6 +118,19 @@ class MlflowTracker(FminTracker):
         self._write_later(self._runs.start_trial, run_id, f"trial-{tid}", {TID_TAG: str(tid)})
         environ = {"MLFLOW_RUN_ID": run_id}
         return environ if self._worker_environ_shipped else {**self._worker_environ, **environ}
+
+    def objective_logged(self, trial: dict[str, Any], relayed: bytes) -> None:
+        child = self.open_child_runs.get(trial["tid"])
+        if self._broken.is_set() or child is None:
+            return
+        if not self._relay_announced:
+            self._relay_announced = True
+            logger.info(
+                "The Spark workers cannot reach the tracking store %s: what objectives log with "
+                "MLflow is relayed through this client into each trial's child run, at the trial's end.",
+                redacted_uri(self._tracking_uri),
+            )
+        self._write_later(self._runs.replay, child.run_id, relayed, self._refuse)
 
     def trial_finished(self, trial: dict[str, Any], best_loss: float) -> None:
         tid = trial["tid"]

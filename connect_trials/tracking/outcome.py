@@ -33,6 +33,7 @@ class ChildOutcome:
     error_type: str | None = None
     error_text: str | None = None
     attempts: int | None = None  # Spark task attempts that ran the objective
+    output: str = ""  # the tail of what the objective printed, attached as output.txt
 
 
 def child_outcome(trial: dict[str, Any]) -> ChildOutcome:
@@ -45,6 +46,7 @@ def child_outcome(trial: dict[str, Any]) -> ChildOutcome:
     result = trial.get("result") or {}
     attempt = (trial.get("misc", {}).get("connect_trials") or {}).get("attempt")
     attempts = None if attempt is None else int(attempt) + 1
+    output = trial.get("misc", {}).get("output") or ""
     if state == base.JOB_STATE_DONE and result.get("status") == base.STATUS_OK:
         loss = result.get("loss")
         return ChildOutcome(
@@ -52,10 +54,16 @@ def child_outcome(trial: dict[str, Any]) -> ChildOutcome:
             RunStatus.FINISHED,
             loss=None if loss is None else float(loss),
             attempts=attempts,
+            output=output,
         )
     if state in (base.JOB_STATE_DONE, base.JOB_STATE_ERROR):
         error = trial.get("misc", {}).get("error") or (None, None)
         return ChildOutcome(
-            TrialStatus.FAILURE, RunStatus.FAILED, error_type=error[0], error_text=error[1], attempts=attempts
+            TrialStatus.FAILURE,
+            RunStatus.FAILED,
+            error_type=error[0],
+            error_text=error[1],
+            attempts=attempts,
+            output=output,
         )
-    return ChildOutcome(TrialStatus.CANCELLED, RunStatus.KILLED, attempts=attempts)
+    return ChildOutcome(TrialStatus.CANCELLED, RunStatus.KILLED, attempts=attempts, output=output)
