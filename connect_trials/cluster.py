@@ -21,8 +21,18 @@ _slots_by_session: dict[str, int | None] = {}
 _lock = threading.Lock()
 
 
-def task_slots(spark: Any) -> int | None:
-    """The cluster's task slots, or None when they cannot be learned."""
+def task_slots(spark: Any, resource_profile: Any = None) -> int | None:
+    """How many trial tasks the cluster runs at once, or None when that cannot be learned.
+
+    With a ``resource_profile``, each trial task takes its task cpus of the slots."""
+    slots = _cluster_slots(spark)
+    request = resource_profile.taskResources.get("cpus") if resource_profile is not None else None
+    if slots is None or request is None or request.amount <= 1:
+        return slots
+    return max(int(slots // request.amount), 1)
+
+
+def _cluster_slots(spark: Any) -> int | None:
     key = str(getattr(spark, "session_id", None) or id(spark))
     with _lock:
         if key in _slots_by_session:
@@ -61,6 +71,51 @@ def _slots_from_probe(spark: Any) -> int | None:
     except Exception as exc:  # noqa: BLE001 - fall back to the documented default
         logger.debug("could not learn the cluster's task slots: %s", exc)
         return None
+
+
+def check_task_cpus(spark: Any, profile: Any) -> None:
+    """Refuse a profile whose tasks need more cpus than an executor has: no executor could
+    ever run its trials, and fmin would wait on them for ever."""
+    request = profile.taskResources.get("cpus")
+    executor_cores = spark_conf(spark, "spark.executor.cores")
+    if request is None or not executor_cores or not executor_cores.isdigit():
+        return
+    if request.amount > int(executor_cores):
+        raise ValueError(
+            f"resource_profile asks for {request.amount:g} cpus per task but the cluster's "
+            f"executors have {executor_cores} cores (spark.executor.cores), so no trial could "
+            "ever be scheduled; ask for at most that many with "
+            f"TaskResourceRequests().cpus({executor_cores})"
+        )
+
+
+def bind_resource_profile(spark: Any, profile: Any) -> None:
+    """Give ``profile`` its server-side id now, through ``spark``, in this thread.
+
+    Over Connect a ``ResourceProfile`` is created on the server lazily, by the first plan that
+    uses it, through the *active session of the thread building that plan*. Trial threads
+    have none (a session made with ``.create()`` is active only in its own thread), so every
+    trial would fail with "SparkSession should be initialized before ResourceProfile
+    creation". Once it has an id, the profile needs no session again.
+    """
+    from connect_trials.session import CONNECT, session_kind
+
+    if session_kind(spark) != CONNECT or getattr(profile, "_java_resource_profile", None) is not None:
+        return
+    from pyspark.sql.connect.resource.profile import ResourceProfile as RemoteProfile
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    active = ConnectSession._active_session
+    previous = getattr(active, "session", None)
+    active.session = spark
+    try:
+        with profile._lock:
+            if profile._id is None:
+                # What ``profile.id`` does when pyspark knows it is remote, which it does not
+                # when the session was built with the Connect builder directly.
+                profile._id = RemoteProfile(profile.executorResources, profile.taskResources).id
+    finally:
+        active.session = previous
 
 
 def spark_conf(spark: Any, key: str) -> str | None:

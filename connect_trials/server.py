@@ -166,11 +166,14 @@ class LocalConnectServer(_OwnedServer):
         state_dir: str | os.PathLike[str] | None = None,
         conf: dict[str, str] | None = None,
         python: str | None = None,
+        hide: list[str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.master = master
         self.state_dir = Path(state_dir) if state_dir else DEFAULT_STATE_DIR / "server"
         self.conf = dict(conf or {})
+        # Folders the server (the Spark driver) must not see; see LocalCluster.
+        self.hide = [os.path.realpath(p) for p in (hide or [])]
         # The workers must run the interpreter that has pyarrow and pandas (design.md).
         self.python = python or sys.executable
         self.token = read_token(self.state_dir) if read_server_info(self.state_dir) else ""
@@ -221,6 +224,8 @@ class LocalConnectServer(_OwnedServer):
         ]
         for key, value in conf.items():
             cmd += ["--conf", f"{key}={value}"]
+        if self.hide:
+            cmd = _in_private_mounts(cmd, self.hide, keep=[_venv_root(), str(self.state_dir)])
         return cmd
 
     def _secret_conf(self) -> Path:
@@ -254,6 +259,8 @@ class LocalConnectServer(_OwnedServer):
             )
         if _port_open(self.port):
             raise ServerError(f"port {self.port} is already in use; pick another with port=")
+        if self.hide and os.geteuid() != 0:
+            raise ServerError("hide= needs root (a private mount namespace)")
         for sub in ("logs", "pids", "scratch"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         self.token = new_token(self.state_dir)
@@ -261,6 +268,8 @@ class LocalConnectServer(_OwnedServer):
         try:
             self._proc = subprocess.Popen(
                 self._command(),
+                # A working directory inside a hidden folder would keep it readable.
+                cwd=self.state_dir if self.hide else None,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -438,10 +447,11 @@ class LocalCluster(_OwnedServer):
         with LocalCluster(workers=2, cores=2, memory="1g") as cluster:
             spark = SparkSession.builder.remote(cluster.url).getOrCreate()
 
-    ``hide`` lists folders the workers (their executors and Python workers) must not see, as
-    on a real cluster that shares nothing with the client: each gets an empty tmpfs over it in
-    a private mount namespace (``unshare -m``, root only). The client's interpreter, which the
-    workers run, and the cluster's own state folder are mounted back if they lie inside.
+    ``hide`` lists folders the cluster must not see, as on a real cluster that shares nothing
+    with the client: the workers (their executors and Python workers) and the Connect server
+    (the Spark driver) each run in a private mount namespace (``unshare -m``, root only) with
+    an empty tmpfs over each folder. The client's interpreter, which the cluster runs, and
+    the cluster's own state folder are mounted back if they lie inside.
     """
 
     def __init__(
@@ -466,6 +476,7 @@ class LocalCluster(_OwnedServer):
         self.server = LocalConnectServer(
             master=self.master_url,
             state_dir=self.state_dir / "server",
+            hide=self.hide,
             conf={
                 "spark.executor.memory": _executor_memory(memory),
                 "spark.executor.cores": str(cores),
@@ -556,6 +567,7 @@ class LocalCluster(_OwnedServer):
             self._procs.append(
                 subprocess.Popen(
                     command,
+                    cwd=self.state_dir,  # visible to the workers, unlike the client's folder
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

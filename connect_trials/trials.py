@@ -103,7 +103,7 @@ class ConnectTrials(Trials):
                 f"debug=False or by unsetting {DEBUG_ENV}."
             )
         elif parallelism is None or parallelism <= 0:
-            slots = cluster.task_slots(self._spark)
+            slots = cluster.task_slots(self._spark, self._resource_profile)
             self.parallelism = self._decide_parallelism(parallelism, slots)
         else:
             self.parallelism = self._decide_parallelism(parallelism, None)
@@ -477,6 +477,8 @@ class ConnectTrials(Trials):
                 f"({master}) does not support stage-level scheduling; it is ignored."
             )
             return None
+        cluster.check_task_cpus(self._spark, resource_profile)
+        cluster.bind_resource_profile(self._spark, resource_profile)
         return resource_profile
 
 

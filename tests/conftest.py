@@ -27,7 +27,9 @@ def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCo
 def spark(connect_server: LocalConnectServer):  # type: ignore[no-untyped-def]
     from pyspark.sql import SparkSession
 
-    session = SparkSession.builder.remote(connect_server.url).getOrCreate()
+    # create(), not getOrCreate(): the latter returns whatever session is active in this
+    # thread, such as the cluster's when a cluster test ran first.
+    session = SparkSession.builder.remote(connect_server.url).create()
     warm_up(session)
     try:
         yield session
@@ -110,11 +112,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """A standalone cluster of 2 workers x 1 core whose workers cannot see this checkout nor the
-    suite's temporary folder (where the client's tracking store lives)."""
+    """A standalone cluster of 2 workers x 2 cores (so that a 2-cpu resource profile fits one
+    trial per worker) whose workers and Connect server cannot see this checkout nor the
+    suite's temporary folder (where the client's tracking store lives). Token on."""
     base = tmp_path_factory.getbasetemp()
     hidden = [str(ROOT), str(base)]
-    with LocalCluster(workers=2, cores=1, memory="1g", state_dir=base / "cluster", hide=hidden) as c:
+    with LocalCluster(workers=2, cores=2, memory="1g", state_dir=base / "cluster", hide=hidden) as c:
         yield c
 
 
