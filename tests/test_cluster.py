@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def test_trials_on_the_cluster_need_nothing_from_the_clients_disk(cluster_spark,
 
 
 def test_parallelism_none_takes_the_clusters_task_slots(cluster_spark):
-    assert ConnectTrials(parallelism=None, spark_session=cluster_spark).parallelism == 2  # 2 workers x 1 core
+    assert ConnectTrials(parallelism=None, spark_session=cluster_spark).parallelism == 4  # 2 workers x 2
 
 
 def test_a_module_of_the_users_project_imported_by_the_objective_travels(
@@ -129,15 +130,68 @@ CLIENT_THAT_HOLDS_A_TRIAL = """
     spark = SparkSession.builder.remote(os.environ["CONNECT_URL"]).create()
     port = int(os.environ["SIGNAL_PORT"])
 
+    n = int(os.environ.get("N_TRIALS", "1"))
+
     def objective(x):
         import socket
         with socket.create_connection(("127.0.0.1", port)) as s:
-            s.recv(1)  # returns when the test lets go, or fails when this worker is killed
+            if s.recv(1) != b"g":  # the test lets go, or this worker was killed
+                raise RuntimeError("the trial's connection was closed")
         return x
 
-    fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 1, show_progressbar=False,
-         trials=ConnectTrials(parallelism=1, spark_session=spark, mlflow_tracking=False))
+    trials = ConnectTrials(parallelism=n, spark_session=spark, mlflow_tracking=False)
+    fmin(objective, hp.uniform("x", 0, 1), rand.suggest, n, show_progressbar=False, trials=trials)
+    print("states", sorted(t["state"] for t in trials._dynamic_trials))
 """
+
+
+def test_one_clients_timeout_cancels_only_its_own_trials_not_another_clients(cluster, cluster_spark):
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(180)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CONNECT_URL": cluster.url, "N_TRIALS": "2",
+           "SIGNAL_PORT": str(listener.getsockname()[1])}  # fmt: skip
+    other = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CLIENT_THAT_HOLDS_A_TRIAL)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    others_trials, own_trials = [], []
+    try:
+        others_trials = [listener.accept()[0] for _ in range(2)]  # the other client's 2 trials run
+        port = listener.getsockname()[1]
+
+        def held_until_cancelled(x):
+            import socket
+
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.recv(1)
+            return x
+
+        trials = ConnectTrials(parallelism=2, spark_session=cluster_spark, mlflow_tracking=False)
+        fmin_thread = threading.Thread(
+            target=fmin, args=(held_until_cancelled, hp.uniform("x", 0, 1), rand.suggest, 2),
+            kwargs={"trials": trials, "timeout": 10, "show_progressbar": False, "return_argmin": False},
+        )  # fmt: skip
+        fmin_thread.start()
+        own_trials = [listener.accept()[0] for _ in range(2)]  # this fmin's 2 trials run too
+        fmin_thread.join(120)
+        assert not fmin_thread.is_alive()
+        assert sorted(t["state"] for t in trials._dynamic_trials) == [base.JOB_STATE_CANCEL] * 2
+        for held in own_trials:  # the timeout killed this client's Python workers...
+            held.settimeout(120)
+            try:
+                assert held.recv(1) == b""
+            except ConnectionResetError:
+                pass
+        for held in others_trials:  # ...and not the other client's, which finish when let go
+            held.sendall(b"g")
+        out, err = other.communicate(timeout=120)
+        assert other.returncode == 0, err[-3000:]
+        assert f"states {[base.JOB_STATE_DONE] * 2}" in out, err[-3000:]
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+        for held in [*others_trials, *own_trials]:
+            held.close()
+        listener.close()
 
 
 def test_a_sigkilled_clients_trial_stops_on_the_cluster_within_a_minute(cluster, capsys):
