@@ -12,13 +12,10 @@ executor below is one implementation (an in-process one for debugging comes late
 from __future__ import annotations
 
 import enum
-import hashlib
 import io
 import logging
-import os
 import pickle
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -33,6 +30,7 @@ from connect_trials.errors import one_line
 from connect_trials.session import (
     CONNECT,
     OPERATION_CANCELED,
+    add_content_artifact,
     error_condition,
     is_python_worker_crash,
     is_unavailable,
@@ -194,17 +192,10 @@ def ship_objective(spark: Any, objective_blob: bytes, fmin_environ: dict[str, st
     if session_kind(spark) != CONNECT:
         return worker.objective_payload(objective_blob, fmin_environ)
     payload = worker.objective_payload(objective_blob, fmin_environ)
-    name = f"connect-trials-objective-{hashlib.sha256(payload).hexdigest()[:40]}.pkl"
-    with tempfile.TemporaryDirectory(prefix="connect-trials-") as folder:
-        path = os.path.join(folder, name)
-        with open(path, "wb") as f:
-            f.write(payload)
-        try:
-            spark.addArtifacts(path, file=True)
-        except Exception as exc:  # noqa: BLE001
-            if "ARTIFACT_ALREADY_EXISTS" not in str(exc):
-                return _inline_fallback(objective_blob, fmin_environ, exc)
-    return name
+    try:
+        return add_content_artifact(spark, payload, "connect-trials-objective-", ".pkl", file=True)
+    except Exception as exc:  # noqa: BLE001
+        return _inline_fallback(objective_blob, fmin_environ, exc)
 
 
 def _inline_fallback(objective_blob: bytes, fmin_environ: dict[str, str], exc: BaseException) -> bytes:

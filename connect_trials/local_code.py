@@ -17,18 +17,18 @@ inside the objective, data files of a package), add them yourself with Spark's o
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import logging
 import os
 import sys
 import sysconfig
-import tempfile
 import types
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from connect_trials.session import add_content_artifact
 
 logger = logging.getLogger("connect_trials")
 
@@ -125,20 +125,14 @@ def ship_local_code(spark: Any) -> list[str]:
     except (OSError, ValueError) as exc:
         logger.warning("the project's local modules are not shipped to the cluster: %s", exc)
         return []
-    name = f"connect_trials_code_{hashlib.sha256(data).hexdigest()[:32]}.zip"
-    with tempfile.TemporaryDirectory(prefix="connect-trials-") as folder:
-        path = os.path.join(folder, name)
-        with open(path, "wb") as f:
-            f.write(data)
-        try:
-            spark.addArtifacts(path, pyfile=True)
-        except Exception as exc:  # noqa: BLE001
-            if "ARTIFACT_ALREADY_EXISTS" not in str(exc):
-                logger.warning(
-                    "could not ship the project's local modules (%s) to the cluster: %s",
-                    ", ".join(sorted(roots)),
-                    str(exc).splitlines()[0][:300],
-                )
-                return []
+    try:
+        name = add_content_artifact(spark, data, "connect_trials_code_", ".zip", pyfile=True)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning(
+            "could not ship the project's local modules (%s) to the cluster: %s",
+            ", ".join(sorted(roots)),
+            str(exc).splitlines()[0][:300],
+        )
+        return []
     logger.debug("shipped local modules %s (%d bytes) as %s", sorted(roots), len(data), name)
     return sorted(roots)

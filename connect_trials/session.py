@@ -12,8 +12,11 @@ use any more, gets a retry policy that gives up in seconds so that the process c
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -229,3 +232,22 @@ def bounded_retries(spark: Any) -> Iterator[None]:
     finally:
         if not server_gone:
             client.set_retry_policies(saved)
+
+
+def add_content_artifact(spark: Any, data: bytes, stem: str, suffix: str, **kind: bool) -> str:
+    """Add ``data`` to the Connect session as an artifact named by its content hash; its name.
+
+    The server refuses a name it holds already (ARTIFACT_ALREADY_EXISTS): with the name made
+    from the content, that means the same bytes are there, so it is no error. Any other
+    refusal raises. ``kind`` is ``addArtifacts``' own (``file=True``, ``pyfile=True``)."""
+    name = f"{stem}{hashlib.sha256(data).hexdigest()[:40]}{suffix}"
+    with tempfile.TemporaryDirectory(prefix="connect-trials-") as folder:
+        path = os.path.join(folder, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        try:
+            spark.addArtifacts(path, **kind)
+        except Exception as exc:
+            if "ARTIFACT_ALREADY_EXISTS" not in str(exc):
+                raise
+    return name
