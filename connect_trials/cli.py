@@ -51,7 +51,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_url(args: argparse.Namespace) -> int:
-    running = server.read_server_info(_server_dir(args))
+    """The Connect URL of the server, or of the cluster's server."""
+    connect_dir = _cluster_dir(args) / "server" if args.command == "cluster" else _server_dir(args)
+    running = server.read_server_info(connect_dir)
     if running is None:
         print("not running", file=sys.stderr)
         return 1
@@ -89,15 +91,6 @@ def _cmd_cluster_status(args: argparse.Namespace) -> int:
         return 1
     shape = f"{info['workers']} workers x {info['cores']} cores"
     print(f"running: {running.public_url} (master {running.master}, {shape})")
-    return 0
-
-
-def _cmd_cluster_url(args: argparse.Namespace) -> int:
-    running = server.read_server_info(_cluster_dir(args) / "server")
-    if running is None:
-        print("not running", file=sys.stderr)
-        return 1
-    print(running.url)
     return 0
 
 
@@ -159,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     cstatus = cluster_actions.add_parser("status", help="say whether it runs, and where")
     cstatus.set_defaults(func=_cmd_cluster_status)
     curl = cluster_actions.add_parser("url", help="print its URL with the token, for SPARK_REMOTE")
-    curl.set_defaults(func=_cmd_cluster_url)
+    curl.set_defaults(func=_cmd_url)
     cstop = cluster_actions.add_parser("stop", help="stop it")
     cstop.set_defaults(func=_cmd_cluster_stop)
     for sub in (cstart, cstatus, curl, cstop):
