@@ -366,7 +366,7 @@ class SparkJobExecutor:
             kind = OutcomeKind.UNAVAILABLE
         else:
             kind = OutcomeKind.FAILED
-            if is_python_worker_crash(text):
+            if is_python_worker_crash(text) or worker.TrialRetriedError.__name__ in text:
                 text = (
                     "the objective's Python worker died while it ran this trial (os._exit, a "
                     "segfault, an out-of-memory kill or a lost executor); Spark reported:\n" + text

@@ -54,9 +54,16 @@ OUTPUT_TAIL_BYTES = 64 * 1024
 MAX_WARNINGS = 20
 _MAX_WARNING_CHARS = 2000
 
-# Attempts of one trial's task that may run the objective: the first, and one more after its
-# Python worker or executor died (a lost executor, a speculative copy). Later ones are refused.
+# Attempts of one trial's task that may run the objective: the first, and one more (after its
+# Python worker or executor died, or a speculative copy). Later ones are refused.
 MAX_OBJECTIVE_ATTEMPTS = 2
+
+
+class TrialRetriedError(RuntimeError):
+    """A task attempt that may not run the objective any more. It fails the attempt rather
+    than answering with a row: a failed attempt is only counted by Spark, so another attempt
+    still running (a speculative copy's original, say) can end the trial DONE, while an
+    answer would have been taken as the trial's result."""
 
 
 def trial_task(
@@ -71,7 +78,10 @@ def trial_task(
     def run(batches: Iterable[Any]) -> Iterator[Any]:
         for _ in batches:  # one empty-ish input row; consume it so Spark sees the input done
             pass
-        yield _result_frame(**run_trial(objective, argument_blob, environ))
+        row = run_trial(objective, argument_blob, environ)
+        if row["status"] == STATUS_REFUSED:
+            raise TrialRetriedError(row["error_text"])
+        yield _result_frame(**row)
 
     return run
 
@@ -104,12 +114,13 @@ def run_trial(
     if attempt >= MAX_OBJECTIVE_ATTEMPTS:
         row.update(
             status=STATUS_REFUSED,
-            error_type="<class 'connect_trials.TrialRetriedError'>",
+            error_type=str(TrialRetriedError),
             error_text=(
-                f"Spark retried this trial's task once more (attempt {attempt}, counting from "
-                f"0): in each of the {attempt} earlier attempts the objective's Python worker "
-                "or its executor died before the trial ended (os._exit, a segfault, an OOM kill, a lost "
-                f"executor). The objective is run at most {MAX_OBJECTIVE_ATTEMPTS} times."
+                f"Spark started this trial's task once more (attempt {attempt}, counting from 0) "
+                f"after {attempt} attempts that ran the objective, whose Python worker or executor "
+                "died before the trial ended (os._exit, a segfault, an OOM kill, a lost executor), "
+                f"or that still run (speculative copies). The objective is run at most "
+                f"{MAX_OBJECTIVE_ATTEMPTS} times."
             ),
         )
     else:

@@ -3,6 +3,7 @@ whose workers cannot see this checkout nor the suite's temporary folder."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -119,6 +120,34 @@ def test_a_trial_whose_executor_is_killed_runs_again_and_ends_done(cluster_spark
         print(
             f"\n[measured] SIGKILL of the executor to the re-run trial done: {finished - killed_at[0]:.1f} s"
         )
+
+
+def test_an_objective_that_kills_its_python_worker_runs_twice_and_ends_error_saying_so(cluster_spark):
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(120)
+    port = listener.getsockname()[1]
+
+    def objective(x):
+        import os
+        import socket
+
+        socket.create_connection(("127.0.0.1", port)).close()  # counts the runs
+        os._exit(3)
+
+    trials = ConnectTrials(parallelism=1, spark_session=cluster_spark, mlflow_tracking=False)
+    fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 1, trials=trials, show_progressbar=False,
+         return_argmin=False)  # fmt: skip
+    listener.settimeout(0)
+    runs = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            listener.accept()[0].close()
+            runs += 1
+    listener.close()
+    [trial] = trials._dynamic_trials
+    assert trial["state"] == base.JOB_STATE_ERROR
+    assert "Python worker died" in trial["misc"]["error"][1]
+    assert runs == 2  # Spark's later attempts (spark.task.maxFailures = 4) are refused
 
 
 CLIENT_THAT_HOLDS_A_TRIAL = """

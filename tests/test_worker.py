@@ -49,7 +49,7 @@ def test_a_later_attempt_is_refused_and_says_the_worker_died_before(task_attempt
     row = worker.run_trial(payload, pickle.dumps(21), {})
     assert row["status"] == worker.STATUS_REFUSED
     assert row["value"] is None
-    assert "Python worker or its executor died" in row["error_text"]
+    assert "Python worker or executor died" in row["error_text"]
     assert "os._exit" in row["error_text"]
 
 
@@ -81,3 +81,20 @@ def test_the_environment_is_restored_by_difference_not_cleared(monkeypatch):
     assert os.environ["CT_REMOVED_BY_OBJECTIVE"] == "before"
     for name in ("CT_NEW_FROM_OBJECTIVE", "CT_FMIN_VAR", "CT_TRIAL_VAR"):
         assert name not in os.environ
+
+
+def test_a_refused_attempt_fails_its_task_instead_of_answering_for_the_trial(task_attempt):
+    """A speculative copy started after the limit must not end a trial whose running attempt
+    may still succeed: it fails (Spark counts the failure), it yields no row."""
+    task_attempt(worker.MAX_OBJECTIVE_ATTEMPTS)
+    payload = worker.objective_payload(cloudpickle.dumps(double), {})
+    task = worker.trial_task(payload, pickle.dumps(21), {})
+    with pytest.raises(worker.TrialRetriedError, match="at most 2 times"):
+        next(task(iter([])))
+
+
+def test_a_permitted_attempt_answers_with_one_row(task_attempt):
+    task_attempt(worker.MAX_OBJECTIVE_ATTEMPTS - 1)
+    payload = worker.objective_payload(cloudpickle.dumps(double), {})
+    frame = next(worker.trial_task(payload, pickle.dumps(21), {})(iter([])))
+    assert list(frame["status"]) == [worker.STATUS_RETURNED]
