@@ -135,6 +135,7 @@ def run_trial(
             objective, fmin_environ = _load_objective(objective_ref)
             os.environ.update(fmin_environ)
             os.environ.update(environ)
+            _place_client_files()
             relay.start(reported)
             argument = pickle.loads(argument_blob)
             value = objective(argument)
@@ -305,6 +306,33 @@ def _message_of(record: logging.LogRecord) -> str:
         return record.getMessage()
     except Exception:  # noqa: BLE001 - a bad format string is the logger's problem, not ours
         return str(record.msg)
+
+
+# ``SHIPPED_FILE_PREFIX + NAME`` in the fmin's environment holds the content (base64) of the
+# client file that the variable NAME points to, such as a CA bundle for the tracking server.
+SHIPPED_FILE_PREFIX = "CONNECT_TRIALS_FILE_"
+
+
+def _place_client_files() -> None:
+    """Point each variable that names a client file at a copy of it on this worker, when the
+    client's path is not there. Copies are named by content, written once per worker."""
+    import base64
+    import hashlib
+
+    for key in [k for k in os.environ if k.startswith(SHIPPED_FILE_PREFIX)]:
+        content = base64.b64decode(os.environ.pop(key))
+        name = key.removeprefix(SHIPPED_FILE_PREFIX)
+        path = os.environ.get(name, "")
+        if not path or os.path.exists(path):
+            continue
+        folder = os.path.join(tempfile.gettempdir(), "connect-trials-client-files")
+        os.makedirs(folder, exist_ok=True)
+        copy = os.path.join(folder, hashlib.sha256(content).hexdigest()[:32] + "-" + os.path.basename(path))
+        if not os.path.exists(copy):
+            with tempfile.NamedTemporaryFile(dir=folder, delete=False) as f:
+                f.write(content)
+            os.replace(f.name, copy)  # whole or not at all, for concurrent tasks
+        os.environ[name] = copy
 
 
 # The relay carries at most this many bytes of the objective's artifacts back, in all.

@@ -98,3 +98,43 @@ def test_a_permitted_attempt_answers_with_one_row(task_attempt):
     payload = worker.objective_payload(cloudpickle.dumps(double), {})
     frame = next(worker.trial_task(payload, pickle.dumps(21), {})(iter([])))
     assert list(frame["status"]) == [worker.STATUS_RETURNED]
+
+
+def reads_the_ca_bundle(_):
+    path = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
+    with open(path) as f:
+        return path, f.read(), [k for k in os.environ if k.startswith(worker.SHIPPED_FILE_PREFIX)]
+
+
+def test_a_certificate_file_the_worker_cannot_see_is_placed_there_from_the_client(tmp_path, monkeypatch):
+    from connect_trials.tracking import uris
+
+    bundle = tmp_path / "client-only" / "ca.pem"
+    bundle.parent.mkdir()
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nclient's CA\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(bundle))
+    fmin_environ = uris.worker_environ("https://tracking.example", "1")
+    monkeypatch.delenv("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    bundle.unlink()  # the worker does not see the client's disk
+
+    payload = worker.objective_payload(cloudpickle.dumps(reads_the_ca_bundle), fmin_environ)
+    row = worker.run_trial(payload, pickle.dumps(None), {})
+    assert row["status"] == worker.STATUS_RETURNED, row["error_text"]
+    path, content, leftover = pickle.loads(row["value"])
+    assert path != str(bundle) and os.path.exists(path)
+    assert content == "-----BEGIN CERTIFICATE-----\nclient's CA\n"
+    assert leftover == []  # the objective sees the variable, not the shipped content
+    assert "MLFLOW_TRACKING_SERVER_CERT_PATH" not in os.environ
+
+
+def test_a_certificate_file_the_worker_sees_is_left_where_it_is(tmp_path, monkeypatch):
+    from connect_trials.tracking import uris
+
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("shared CA")
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(bundle))
+    payload = worker.objective_payload(
+        cloudpickle.dumps(reads_the_ca_bundle), uris.worker_environ("https://tracking.example", "1")
+    )
+    row = worker.run_trial(payload, pickle.dumps(None), {})
+    assert pickle.loads(row["value"])[:2] == (str(bundle), "shared CA")

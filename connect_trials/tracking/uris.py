@@ -3,6 +3,7 @@ checked before use, and the environment the workers need to reach it."""
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import urllib.parse
@@ -67,10 +68,24 @@ FORWARDED_ENV = (
 )
 
 
+# Forwarded variables that name a client file: its content travels too, for workers that do
+# not see the client's disk (see ``worker._place_client_files``).
+FILE_ENV = ("MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_CLIENT_CERT_PATH")
+_MAX_SHIPPED_FILE_BYTES = 1024 * 1024
+
+
 def worker_environ(tracking_uri: str, experiment_id: str) -> dict[str, str]:
     """The environment a worker needs to write into this experiment (holds credentials)."""
-    return {
+    from connect_trials.worker import SHIPPED_FILE_PREFIX
+
+    environ = {
         "MLFLOW_TRACKING_URI": tracking_uri,
         "MLFLOW_EXPERIMENT_ID": experiment_id,
         **{name: os.environ[name] for name in FORWARDED_ENV if name in os.environ},
     }
+    for name in FILE_ENV:
+        path = environ.get(name, "")
+        if os.path.isfile(path) and os.path.getsize(path) <= _MAX_SHIPPED_FILE_BYTES:
+            with open(path, "rb") as f:
+                environ[SHIPPED_FILE_PREFIX + name] = base64.b64encode(f.read()).decode("ascii")
+    return environ
