@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Servers and clusters keep their state under $CONNECT_TRIALS_HOME (default ~/.connect-trials),
 # the same folder for make, the connect-trials CLI and Python, so each finds what another started.
+# MLflow 3 sends usage telemetry to its own servers; everything here stays on loopback. The
+# servers started from here (Spark Connect, the cluster, mlflow server) inherit it.
+export MLFLOW_DISABLE_TELEMETRY := true
 
 .PHONY: setup test lint demo server server-stop server-status cluster cluster-stop cluster-status \
 	model-search bench bench-quick clean

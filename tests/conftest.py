@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
@@ -11,6 +12,10 @@ from pathlib import Path
 import pytest
 
 from connect_trials.server import LocalCluster, LocalConnectServer
+
+# MLflow 3 sends usage telemetry to its own servers: the suite's traffic stays on loopback, in
+# this process and in the servers and clients it starts (they inherit the environment).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +77,6 @@ def _mlflow_default_tracking(tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """ConnectTrials tracks every fmin by default: keep the suite's runs and artifacts out of
     the checkout (a sqlite store puts artifacts in ./mlruns unless its experiment says
     otherwise)."""
-    import os
 
     from mlflow import MlflowClient
 
