@@ -49,7 +49,7 @@ def logs_everything(x: float) -> float:
 @pytest.fixture
 def hidden_store_experiment(monkeypatch: pytest.MonkeyPatch) -> tuple[MlflowClient, str]:
     """A fresh experiment in the suite's default store, a sqlite file the workers cannot see."""
-    uri = os.environ["MLFLOW_TRACKING_URI"]
+    uri = mlflow.get_tracking_uri()
     assert uri.startswith("sqlite:///")
     client = MlflowClient(uri)
     experiment_id = client.create_experiment(f"relay-{uuid.uuid4().hex}")
@@ -107,13 +107,16 @@ def logs_and_reads_back_live(server_url: str) -> Any:
 def test_workers_that_reach_the_tracking_server_log_to_it_directly_while_the_trial_runs(
     cluster_spark: Any, mlflow_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    monkeypatch.setenv(
-        "MLFLOW_EXPERIMENT_ID", MlflowClient(mlflow_server).create_experiment(uuid.uuid4().hex)
-    )
-    trials = ConnectTrials(parallelism=2, spark_session=cluster_spark)
-    fmin(logs_and_reads_back_live(mlflow_server), hp.uniform("x", 0, 1), rand.suggest, 2, trials=trials,
-         show_progressbar=False)  # fmt: skip
+    experiment_id = MlflowClient(mlflow_server).create_experiment(uuid.uuid4().hex)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+    saved_uri = mlflow.get_tracking_uri()  # other tests' set_tracking_uri wins over the variable
+    mlflow.set_tracking_uri(mlflow_server)
+    try:
+        trials = ConnectTrials(parallelism=2, spark_session=cluster_spark)
+        fmin(logs_and_reads_back_live(mlflow_server), hp.uniform("x", 0, 1), rand.suggest, 2, trials=trials,
+             show_progressbar=False)  # fmt: skip
+    finally:
+        mlflow.set_tracking_uri(saved_uri)
 
     assert [t["result"]["live"] for t in trials.trials] == [0.5, 0.5]
 
