@@ -201,7 +201,8 @@ def _scale_details(cells: dict[tuple[str, str], Cell]) -> list[str]:
         "### scale: first vs last trials (median run)",
         "",
         "| system | wall | suggestion total | peak RSS (growth) "
-        "| first-50: s/trial, suggest, overhead, latency | last-50: s/trial, suggest, overhead, latency |",
+        "| first-50 after 10 warm-up: s/trial, suggest, overhead, latency "
+        "| last-50: s/trial, suggest, overhead, latency |",
         "|---|---|---|---|---|---|",
     ]
     for cell in rows:

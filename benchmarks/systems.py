@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -294,6 +295,7 @@ def run_mlflow_optuna(workload: Workload, seed: int, env: BenchEnv) -> RunResult
         # Its storage on the suite's mlflow server when there is one: 16 executors opening one
         # sqlite file took minutes here.
         uri, experiment_id = stack.enter_context(_tracking_server(env, experiment=f"optuna-{name}"))
+        limit = stack.enter_context(_interrupted_after(spark, wl.PEER_TIME_LIMIT_S))
         with Probe(env.request_bytes, wire) as probe:
             study = MlflowSparkStudy(
                 name,
@@ -301,10 +303,36 @@ def run_mlflow_optuna(workload: Workload, seed: int, env: BenchEnv) -> RunResult
                 sampler=optuna.samplers.TPESampler(seed=seed),
                 mlflow_tracking_uri=uri,
             )
-            study.optimize(objective, n_trials=workload.n_trials, n_jobs=workload.parallelism)
+            try:
+                study.optimize(objective, n_trials=workload.n_trials, n_jobs=workload.parallelism)
+            except Exception as exc:
+                if limit.is_set():
+                    raise RuntimeError(
+                        f"interrupted after the {wl.PEER_TIME_LIMIT_S:.0f}-s limit of a run"
+                    ) from exc
+                raise
         trials = study.trials  # read from its store, while that is still the tracking URI
     probe.fill(result)
     return _fill_from_optuna(result, trials, probe.t0)
+
+
+@contextlib.contextmanager
+def _interrupted_after(spark: Any, seconds: float) -> Iterator[threading.Event]:
+    """Interrupt every job of ``spark`` (a Connect session) after ``seconds``; the event says
+    whether that happened."""
+    fired = threading.Event()
+
+    def interrupt() -> None:
+        fired.set()
+        spark.interruptAll()
+
+    timer = threading.Timer(seconds, interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield fired
+    finally:
+        timer.cancel()
 
 
 def _fill_from_optuna(result: RunResult, trials: list[Any], t0: float) -> RunResult:

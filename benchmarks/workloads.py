@@ -123,6 +123,8 @@ class Workload:
 
 
 # Why a peer runs fewer repeats than connect-trials, per workload: said in the table.
+# A peer's run that takes longer than this is interrupted (and the table says so).
+PEER_TIME_LIMIT_S = 240.0
 POLL_BOUND = "fmin's 1-s poll makes it ~1 s a trial whatever the trial: more repeats would not fit the budget"
 
 
@@ -193,9 +195,10 @@ def quick_plan() -> list[Workload]:
     """``python -m benchmarks --quick``: every target once, small, in under 5 minutes. Ray Tune
     is left to the full run (starting it costs ~20 s); ``wide`` runs on local[16], not the
     standalone cluster, whose start (a master, 2 workers, their executors) would take a
-    fifth of the budget on 2 cores."""
+    fifth of the budget on 2 cores, and for connect-trials and bare jobs only (SparkTrials takes
+    ~2 minutes there, MlflowSparkStudy several)."""
     return [
-        *wide(parallelisms=(16,), trials_per_slot=4, repeats=1, cluster=False, classic=False),
+        *wide(parallelisms=(16,), trials_per_slot=4, repeats=1, cluster=False, peers=False),
         Workload(
             "overhead",
             n_trials=16,
@@ -245,11 +248,13 @@ def wide(
     trials_per_slot: int,
     repeats: int,
     cluster: bool = True,
-    classic: bool = True,
+    peers: bool = True,
 ) -> list[Workload]:
     """N x 1-s sleeping trials at high parallelism (Ray Tune's bookkeeping release test, scaled
-    down). ``cluster``: on a standalone LocalCluster, else on local[p]. ``classic``: SparkTrials
-    too, at p16 only (it completes ~1 trial a second: ~2 minutes a run at p16 here)."""
+    down). ``cluster``: on a standalone LocalCluster, else on local[p]. ``peers``: SparkTrials
+    (p16 only: it completes ~1 trial a second, ~2 minutes a run at p16 here) and
+    MlflowSparkStudy (each of its tasks re-reads the whole study from MLflow for every trial:
+    minutes a run here, so it gets one run, cut at ``PEER_TIME_LIMIT_S``)."""
     return [
         Workload(
             "wide",
@@ -259,11 +264,12 @@ def wide(
             repeats=repeats,
             sleep_s=1.0,
             # SparkTrials completes ~1 trial a second: at p32 one run would take ~4 minutes.
-            systems=(FLOOR_RAW, SPARK_TRIALS, MLFLOW_OPTUNA, CONNECT_TRIALS)
-            if p <= 16 and classic
-            else (FLOOR_RAW, MLFLOW_OPTUNA, CONNECT_TRIALS),
-            once=(SPARK_TRIALS,),
-            once_why=POLL_BOUND,
+            systems=(FLOOR_RAW, CONNECT_TRIALS)
+            + ((MLFLOW_OPTUNA,) if peers else ())
+            + ((SPARK_TRIALS,) if peers and p <= 16 else ()),
+            once=(SPARK_TRIALS, MLFLOW_OPTUNA),
+            once_why="SparkTrials ~1 s a trial (fmin's poll); MlflowSparkStudy's tasks re-read the whole "
+            "study for every trial (minutes a run at p16 here)",
             server="cluster" if cluster else "local-wide",
         )
         for p in parallelisms
