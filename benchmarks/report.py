@@ -146,7 +146,9 @@ def _cell_text(
     text = _cell_value(cell)
     runs = len(cell.runs)
     if cell.workload.repeats > 1 and runs < cell.workload.repeats:
-        text += f" ({runs} run{'s' if runs > 1 else ''}†)"
+        # †: fewer by design (the notes say why); ‡: cut to keep to the time budget.
+        mark = "†" if system in cell.workload.once else "‡"
+        text += f" ({runs} run{'s' if runs > 1 else ''}{mark})"
     return text
 
 
@@ -282,7 +284,7 @@ def _notes(suite: SuiteResult) -> list[str]:
         for w in suite.plan
         if w.repeats > 1 and any(s in w.systems for s in w.once)
     ]
-    notes += suite.notes
+    notes += [f"‡ {n}" if "budget" in n else n for n in suite.notes]
     notes += [f"{system} did not run: {why}" for system, why in suite.unavailable.items()]
     notes += [
         f"{f['system']} on {f['workload']} (seed {f['seed']}) failed: {f['error']}" for f in suite.failures

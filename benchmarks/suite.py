@@ -167,6 +167,14 @@ def _run_plan(
                     f"to stay within the {budget_s / 60:.0f}-minute budget"
                 )
                 continue
+            if repeat == 0 and budget_s is not None and time.time() - started > budget_s:
+                # Past the budget already: the run must still end in time, so this workload is
+                # left out (and the report says so) rather than run late.
+                suite.cut[workload.key] = 0
+                suite.notes.append(
+                    f"{workload.key}: not run; the {budget_s / 60:.0f}-minute budget was spent"
+                )
+                continue
             _run_repeat(workload, repeat, env, suite, warmed, started, log, seconds)
         if servers is not None and phase != "main":
             env.drop_sessions_on(phase)

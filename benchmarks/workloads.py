@@ -124,7 +124,7 @@ class Workload:
 
 # Why a peer runs fewer repeats than connect-trials, per workload: said in the table.
 # A peer's run that takes longer than this is interrupted (and the table says so).
-PEER_TIME_LIMIT_S = 240.0
+PEER_TIME_LIMIT_S = 150.0
 POLL_BOUND = "fmin's 1-s poll makes it ~1 s a trial whatever the trial: more repeats would not fit the budget"
 
 
@@ -204,7 +204,9 @@ def quick_plan() -> list[Workload]:
             n_trials=16,
             parallelism=2,
             repeats=2,
-            systems=(FLOOR_RAW, SPARK_TRIALS, MLFLOW_OPTUNA, CONNECT_TRIALS, CONNECT_TRIALS_TRACKED),
+            # MlflowSparkStudy (~2 s a trial with its store on the mlflow server) is left to
+            # the full run here; it runs in first-trial.
+            systems=(FLOOR_RAW, SPARK_TRIALS, CONNECT_TRIALS, CONNECT_TRIALS_TRACKED),
             once=(SPARK_TRIALS,),
             once_why=POLL_BOUND,
         ),
