@@ -50,6 +50,8 @@ class SuiteResult:
     runs: list[RunResult] = field(default_factory=list)
     floor_latency_s: list[float] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)  # system -> why it did not run
+    # "system@server" -> why it did not run on that server only (it may run on the others)
+    unavailable_on: dict[str, str] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)  # one failed run each
     notes: list[str] = field(default_factory=list)
     cut: dict[str, int] = field(default_factory=dict)  # workload key -> repeats run, when cut
@@ -75,8 +77,13 @@ def run_suite(
         if work_dir is None:
             work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="connect-trials-bench-")))
         env = BenchEnv(work_dir, spark=spark, request_bytes=request_bytes)
-        # Nothing this suite tracks may land in ./mlflow.db (MLflow's default store).
-        stack.enter_context(_environment(MLFLOW_TRACKING_URI=env.tracking_uri))
+        # Nothing this suite tracks may land in ./mlflow.db (MLflow's default store), nor leave
+        # loopback. (MLflow's telemetry also raced on os.environ in MlflowSparkStudy's executor
+        # threads on the standalone cluster: KeyError '_MLFLOW_TELEMETRY_SESSION_ID'.) Set
+        # before any server starts, so that their executors inherit it.
+        stack.enter_context(
+            _environment(MLFLOW_TRACKING_URI=env.tracking_uri, MLFLOW_DISABLE_TELEMETRY="true")
+        )
         servers: _Servers | None = None
         if spark is None:
             log("starting a Spark Connect server (local[2]) and an mlflow server on loopback ...")
@@ -196,7 +203,12 @@ def _run_repeat(
     # Rotate the order each repeat so no system always runs right after the same one.
     shift = repeat % len(workload.systems)
     for system in workload.systems[shift:] + workload.systems[:shift]:
-        if system in suite.unavailable or (repeat > 0 and system in workload.once):
+        where = f"{system}@{workload.server}"
+        if (
+            system in suite.unavailable
+            or where in suite.unavailable_on
+            or (repeat > 0 and system in workload.once)
+        ):
             continue
         began = time.time()
         warm_key = (system, workload.server, workload.name == "model")
@@ -204,8 +216,13 @@ def _run_repeat(
             try:
                 RUNNERS[system](_warm_up_copy(workload), seed, env)
             except Exception as exc:  # noqa: BLE001 - cannot run here: say why, go on
-                suite.unavailable[system] = f"its warm-up run failed: {_last_line(exc)}"
-                log(f"{system}: unavailable: {suite.unavailable[system]}")
+                why = f"its warm-up run failed: {_last_line(exc)}"
+                if workload.server == "main":
+                    suite.unavailable[system] = why
+                else:  # a failure on one server says nothing of the others
+                    suite.unavailable_on[where] = why
+                    suite.notes.append(f"{system} did not run on the {workload.server} server: {why}")
+                log(f"{system}: unavailable on {workload.server}: {why}")
                 log(traceback.format_exc())
                 continue
             warmed.add(warm_key)
