@@ -1,6 +1,6 @@
 """Benchmarks for connect-trials, side by side with the floor and its peers.
 
-    python -m benchmarks            # the full suite (about 25 minutes on 2 cores)
+    python -m benchmarks            # the full suite (about 23 minutes on 2 cores; writes the README tables)
     python -m benchmarks --quick    # every workload once, small (under 5 minutes)
 
 Modules, one concern each: ``workloads`` (what runs, at which sizes), ``objectives`` (the

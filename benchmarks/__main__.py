@@ -14,6 +14,7 @@ from benchmarks import workloads as wl
 from benchmarks.suite import run_suite
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -24,7 +25,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated subset of: " + ", ".join(wl.ALL_SYSTEMS),
     )
     parser.add_argument(
-        "--workloads", help="comma-separated subset of workload names (overhead, efficiency, ...)"
+        "--workloads", help="comma-separated subset of workload names or keys (overhead, wide/p16, ...)"
     )
     parser.add_argument(
         "--out",
@@ -66,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     (out / "latest.md").write_text(text)
     print(text)
     print(f"JSON: {', '.join(str(p) for p in json_paths)}\nPNG: {png}\nMarkdown: {out / 'latest.md'}")
+    # Only a full, unfiltered run into the committed results speaks for the README.
+    if not args.quick and not args.systems and not args.workloads and out == RESULTS_DIR:
+        if report.write_readme(README, report.readme_section(suite, cells, checks)):
+            print(f"README: its benchmark section now shows this run ({README})")
+        else:
+            print(f"README: no {report.README_BEGIN} / {report.README_END} markers in {README}; not written")
     return 0
 
 

@@ -8,7 +8,7 @@ lines: the child writes ``{"ready": ...}`` once set up and warm, then answers ea
 keeps the protocol on a private copy of its stdout and points fd 1 at stderr, so whatever
 the JVM or Ray print cannot corrupt it.
 
-    python -m benchmarks.isolated SYSTEM WORK_DIR   # the child side
+    python -m benchmarks.isolated SYSTEM WORK_DIR MASTER   # the child side
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 class IsolatedSystem:
     """The parent's handle on one child process."""
 
-    def __init__(self, system: str, work_dir: Path) -> None:
+    def __init__(self, system: str, work_dir: Path, master: str = "local[2]") -> None:
         from benchmarks.systems import SystemUnavailableError
 
         self.system = system
-        self.log_path = work_dir / f"{system}.log"
+        self.log_path = work_dir / f"{system}-{_slug(master)}.log"
         env = dict(os.environ)
         for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE"):
             env.pop(name, None)
@@ -47,7 +47,7 @@ class IsolatedSystem:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.isolated", system, str(work_dir)],
+                [sys.executable, "-m", "benchmarks.isolated", system, str(work_dir), master],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -104,6 +104,11 @@ class IsolatedSystem:
                 self._proc.wait()
 
 
+def _slug(master: str) -> str:
+    """``local[16]`` -> ``local16``: a file name part."""
+    return "".join(c for c in master if c.isalnum())
+
+
 def _send(channel: IO[str], message: dict[str, Any]) -> None:
     channel.write(json.dumps(message) + "\n")
     channel.flush()
@@ -111,14 +116,14 @@ def _send(channel: IO[str], message: dict[str, Any]) -> None:
 
 def main(argv: list[str]) -> int:
     """The child: set the system up, then serve runs until told to stop."""
-    system, work_dir = argv[0], Path(argv[1])
+    system, work_dir, master = argv[0], Path(argv[1]), argv[2]
     channel = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything else written to stdout (the JVM, Ray) goes to the log
     from benchmarks.systems import ISOLATED
 
     setup, runner = ISOLATED[system]
     try:
-        env = setup(work_dir)
+        env = setup(work_dir, master)
     except Exception as exc:  # noqa: BLE001 - the parent records why the system is missing
         traceback.print_exc()
         _send(channel, {"error": f"{system} could not start: {type(exc).__name__}: {exc}"})

@@ -9,8 +9,11 @@ count).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
+import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -162,25 +165,96 @@ class RequestBytes(*_grpc_interceptor_bases()):  # type: ignore[misc]
             return Counter(self._by_method)
 
 
+class WireBytes:
+    """A TCP relay on loopback in front of the Spark Connect server that counts every byte the
+    client sends through it (gRPC framing and HTTP/2 headers included). A session built on
+    ``url_for(server_url)`` cannot send an RPC the count misses, whichever channel, stub or
+    thread sends it: unlike an interceptor, it does not depend on how the client builds its
+    channels."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target_port = target_port
+        self._lock = threading.Lock()
+        self._sent = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = False
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, name="bench-wire-accept", daemon=True).start()
+
+    def url_for(self, server_url: str) -> str:
+        """``server_url`` (``sc://127.0.0.1:PORT/;...``) pointed at this relay instead."""
+        return re.sub(rf":{self._target_port}(?=/|$)", f":{self.port}", server_url, count=1)
+
+    @property
+    def sent(self) -> int:
+        with self._lock:
+            return self._sent
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target_port))
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
+        try:
+            while data := source.recv(1 << 20):
+                if counted:
+                    with self._lock:
+                        self._sent += len(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            sock.close()
+
+
 class Probe:
     """Measures one run: wall clock, memory and request bytes around the block.
 
-    with Probe(request_bytes) as probe:
+    with Probe(request_bytes, wire) as probe:
         ...run...
     probe.fill(result)
+
+    With a ``wire`` relay, ``bytes_sent`` is what crossed it (everything the session sent);
+    else the sum of the interceptor's request messages. ``bytes_by_method`` is the
+    interceptor's breakdown either way.
     """
 
-    def __init__(self, request_bytes: RequestBytes | None) -> None:
+    def __init__(self, request_bytes: RequestBytes | None, wire: WireBytes | None = None) -> None:
         self._request_bytes = request_bytes
+        self._wire = wire
+        self._wire_before = 0
         self._memory = MemorySampler()
         self._bytes_before: Counter[str] = Counter()
         self.t0 = 0.0
         self.wall_s = 0.0
         self.bytes_by_method: dict[str, int] | None = None
+        self.wire_bytes: int | None = None
 
     def __enter__(self) -> Probe:
         if self._request_bytes is not None:
             self._bytes_before = self._request_bytes.snapshot()
+        if self._wire is not None:
+            self._wire_before = self._wire.sent
         self._memory.__enter__()
         self.t0 = time.time()
         return self
@@ -192,6 +266,8 @@ class Probe:
             after = self._request_bytes.snapshot()
             after.subtract(self._bytes_before)
             self.bytes_by_method = {k: v for k, v in after.items() if v}
+        if self._wire is not None:
+            self.wire_bytes = self._wire.sent - self._wire_before
 
     def fill(self, result: RunResult) -> RunResult:
         result.wall_s = self.wall_s
@@ -200,6 +276,9 @@ class Probe:
         if self.bytes_by_method is not None:
             result.bytes_by_method = self.bytes_by_method
             result.bytes_sent = sum(self.bytes_by_method.values())
+        if self.wire_bytes is not None:
+            result.bytes_sent = self.wire_bytes
+            result.bytes_note = "every byte the session sent (TCP relay)"
         return result
 
 

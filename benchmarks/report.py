@@ -1,11 +1,13 @@
 """What a suite leaves behind: a markdown report, a JSON file and a PNG.
 
-- ``markdown``: the system x workload table (medians, min-max where repeated), the floor,
-  detail tables for scale and payload, the targets with PASS / MISS, and notes (what did not
-  run and why, repeats cut for time).
+- ``markdown``: the system x workload tables (medians, min-max where repeated), detail
+  tables for scale and payload, the targets with PASS / MISS, and notes (what did not run and
+  why, fewer repeats and why).
+- ``readme_section`` / ``write_readme``: the tables, targets and notes, with the engine
+  revision and date, between the README's ``<!-- bench:begin -->`` / ``<!-- bench:end -->``.
 - ``write_json``: everything, including every run's raw timings.
 - ``plot_trials_vs_time``: trials completed against wall-clock time, one line per system, for
-  the efficiency and model workloads (the median run of each cell).
+  the wide and model workloads (the median run of each cell).
 """
 
 from __future__ import annotations
@@ -26,44 +28,97 @@ _MIN_WINDOW_OVERHEAD_S = 0.005
 
 _LEGEND = {
     "overhead": "wall time per trial (objective returns at once)",
-    "efficiency": "ideal / actual wall time (trials sleep 1 s)",
+    "wide": "ideal / actual wall time (trials sleep 1 s)",
+    "first-trial": "fmin called -> first trial's result, fresh session on a warm server (SparkTrials: "
+    "its classic session, which cannot be fresh without a new JVM)",
     "model": "wall time; best loss (1 - CV accuracy), medians over seeds",
-    "scale": "wall time; client peak RSS; last-50 / first-50 per-trial overhead (suggestion excluded)",
-    "payload": "wall time per trial (median time of one trial, submitted to result back); bytes the "
-    "client sent per trial (+ artifacts uploaded once per search)",
+    "scale": "wall time; client peak RSS; last-50 / first-50 per-trial overhead after 10 warm-up trials "
+    "(suggestion excluded), median over repeats",
+    "payload": "wall time per trial (median time of one trial, submitted to result back); every byte "
+    "the client sent per trial, artifacts included",
 }
+# The first table: the workloads the issue's speed targets are about.
+_SPEED = ("wide", "overhead", "first-trial")
+README_BEGIN = "<!-- bench:begin -->"
+README_END = "<!-- bench:end -->"
 
 
 def build(suite: SuiteResult) -> tuple[dict[tuple[str, str], Cell], list[TargetCheck]]:
     cells = summarize(suite.plan, suite.runs)
-    return cells, evaluate(cells, suite.floor_latency_s)
+    return cells, evaluate(cells)
 
 
 # -- markdown ----------------------------------------------------------------------------------
 def markdown(suite: SuiteResult, cells: dict[tuple[str, str], Cell], checks: list[TargetCheck]) -> str:
-    keys = [w.key for w in suite.plan]
-    systems = [s for s in wl.ALL_SYSTEMS if any(s in w.systems for w in suite.plan)]
+    servers = suite.meta.get("servers") or {}
     lines = [
-        f"## connect-trials benchmark ({suite.meta.get('started', '')}, {suite.meta.get('cpus')} cores, "
-        f"Spark local[2]; {suite.meta.get('duration_s', 0) / 60:.1f} min)",
+        f"## connect-trials benchmark ({suite.meta.get('started', '')}, "
+        f"engine {suite.meta.get('engine', '?')}, "
+        f"{suite.meta.get('mode', '')} run, {suite.meta.get('cpus')} cores; "
+        f"{suite.meta.get('duration_s', 0) / 60:.1f} min)",
         "",
-        "| system | " + " | ".join(_column_title(w) for w in suite.plan) + " |",
-        "|---|" + "---|" * len(keys),
     ]
-    for system in systems:
-        row = [_cell_text(cells.get((system, key)), suite, system) for key in keys]
-        lines.append(f"| {system} | " + " | ".join(row) + " |")
-    lines += ["", "Columns: " + "; ".join(f"**{w.key}**: {_LEGEND[w.name]}" for w in suite.plan) + "."]
+    if servers:
+        lines += ["Servers: " + "; ".join(f"{k}: {v}" for k, v in servers.items()) + ".", ""]
+    lines += tables(suite, cells)
     if suite.floor_latency_s:
         floor = Stat.of(suite.floor_latency_s)
         assert floor is not None
         lines.append(
-            f"Floor: one trivial single-task `spark.range(0, 1, 1, 1).mapInPandas(...)` job over the same "
-            f"Spark Connect server takes {_range(floor, 's', 3)} (median of {floor.n}, one at a time)."
+            f"One trivial single-task `spark.range(0, 1, 1, 1).mapInPandas(...)` job alone on the main "
+            f"server takes {_range(floor, 's', 3)} (median of {floor.n}; shown, judges nothing)."
         )
     lines += _scale_details(cells) + _payload_details(suite, cells) + _phase_details(suite, cells)
     lines += _targets(checks) + _notes(suite)
     return "\n".join(lines) + "\n"
+
+
+def tables(suite: SuiteResult, cells: dict[tuple[str, str], Cell]) -> list[str]:
+    """The system x workload tables: speed targets first, then the search workloads."""
+    lines: list[str] = []
+    speed = [w for w in suite.plan if w.name in _SPEED]
+    search = [w for w in suite.plan if w.name not in _SPEED]
+    for group in (speed, search):
+        if not group:
+            continue
+        systems = [s for s in wl.ALL_SYSTEMS if any(s in w.systems for w in group)]
+        lines += [
+            "| system | " + " | ".join(_column_title(w) for w in group) + " |",
+            "|---|" + "---|" * len(group),
+        ]
+        for system in systems:
+            row = [_cell_text(cells.get((system, w.key)), suite, system, w) for w in group]
+            lines.append(f"| {system} | " + " | ".join(row) + " |")
+        names = list(dict.fromkeys(w.name for w in group))
+        lines += ["", "Columns: " + "; ".join(f"**{n}**: {_LEGEND[n]}" for n in names) + ".", ""]
+    return lines
+
+
+def readme_section(suite: SuiteResult, cells: dict[tuple[str, str], Cell], checks: list[TargetCheck]) -> str:
+    """What ``make bench`` writes between the README's markers."""
+    date = str(suite.meta.get("started", ""))[:10]
+    lines = [
+        f"Measured by `make bench` at engine revision {suite.meta.get('engine', '?')} on {date} "
+        f"({suite.meta.get('cpus')} cores, {suite.meta.get('duration_s', 0) / 60:.0f} min). "
+        "Generated from `benchmarks/results/latest.json`; do not edit by hand.",
+        "",
+        *tables(suite, cells),
+        "![trials completed versus wall-clock time](benchmarks/results/trials_vs_time.png)",
+        *_targets(checks),
+        *_notes(suite),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_readme(readme: Path, section: str) -> bool:
+    """Replace what lies between the README's bench markers with ``section``. False, and the
+    README untouched, when the markers are missing."""
+    text = readme.read_text()
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        return False
+    readme.write_text(text[: begin + len(README_BEGIN)] + "\n" + section + text[end:])
+    return True
 
 
 def _column_title(workload: wl.Workload) -> str:
@@ -79,17 +134,34 @@ def _range(stat: Stat, unit: str, digits: int) -> str:
     return text
 
 
-def _cell_text(cell: Cell | None, suite: SuiteResult, system: str) -> str:
+def _cell_text(
+    cell: Cell | None, suite: SuiteResult, system: str, workload: wl.Workload | None = None
+) -> str:
     if cell is None:
+        if workload is not None and system not in workload.systems:
+            return "–"
         if system in suite.unavailable:
             return "unavailable"
         return "failed" if any(f["system"] == system for f in suite.failures) else "–"
+    text = _cell_value(cell)
+    runs = len(cell.runs)
+    if cell.workload.repeats > 1 and runs < cell.workload.repeats:
+        # †: fewer by design (the notes say why); ‡: cut to keep to the time budget.
+        mark = "†" if system in cell.workload.once else "‡"
+        text += f" ({runs} run{'s' if runs > 1 else ''}{mark})"
+    return text
+
+
+def _cell_value(cell: Cell) -> str:
     name = cell.workload.name
     stat = cell.stat
     if name == "overhead":
         return _range(stat("per_trial_s"), "s/trial", 3)  # type: ignore[arg-type]
-    if name == "efficiency":
+    if name == "wide":
         return _range(stat("efficiency"), "", 2)  # type: ignore[arg-type]
+    if name == "first-trial":
+        first = stat("first_trial_s")
+        return _range(first, "s", 2) if first else "–"
     if name == "model":
         loss = stat("best_loss")
         return _range(stat("wall_s"), "s", 1) + (f"; loss {loss.median:.4f}" if loss else "")  # type: ignore[arg-type]
@@ -99,19 +171,19 @@ def _cell_text(cell: Cell | None, suite: SuiteResult, system: str) -> str:
         text = f"{wall.median:.0f} s" if wall else "–"
         if rss:
             text += f"; {rss.median:.0f} MB"
-        first, last = cell.windows.get("first", {}), cell.windows.get("last", {})
-        if first.get("overhead_per_trial_s", 0) >= _MIN_WINDOW_OVERHEAD_S and "overhead_per_trial_s" in last:
-            text += f"; x{last['overhead_per_trial_s'] / first['overhead_per_trial_s']:.2f}"
-        elif first:
+        window = cell.windows.get("first", {})
+        growth = stat("scale_growth")
+        if window.get("overhead_per_trial_s", 0) >= _MIN_WINDOW_OVERHEAD_S and growth:
+            text += f"; x{growth.median:.2f}"
+        elif window:
             text += "; overhead ~0"
         return text
     if name == "payload":
         per_trial, latency = stat("per_trial_s"), stat("trial_latency_s")
         text = f"{per_trial.median:.2f} s/trial" if per_trial else "–"
         text += f" (one trial {latency.median:.2f} s)" if latency else ""
-        sent, once = stat("bytes_per_trial"), stat("bytes_once")
-        text += f"; {_bytes(sent.median)}/trial" if sent else "; bytes n/a"
-        return text + (f" + {_bytes(once.median)} once" if once and once.median > 0 else "")
+        sent = stat("bytes_per_trial")
+        return text + (f"; {_bytes(sent.median)}/trial" if sent else "; bytes n/a")
     return "?"
 
 
@@ -131,7 +203,8 @@ def _scale_details(cells: dict[tuple[str, str], Cell]) -> list[str]:
         "### scale: first vs last trials (median run)",
         "",
         "| system | wall | suggestion total | peak RSS (growth) "
-        "| first-50: s/trial, suggest, overhead, latency | last-50: s/trial, suggest, overhead, latency |",
+        "| first-50 after 10 warm-up: s/trial, suggest, overhead, latency "
+        "| last-50: s/trial, suggest, overhead, latency |",
         "|---|---|---|---|---|---|",
     ]
     for cell in rows:
@@ -165,7 +238,7 @@ def _payload_details(suite: SuiteResult, cells: dict[tuple[str, str], Cell]) -> 
         if not any(present):
             continue
         note = next((c.runs[0].bytes_note for c in present if c is not None), "")
-        texts = [_cell_text(c, suite, system) for c in present]
+        texts = [_cell_text(c, suite, system, w) for c, w in zip(present, payloads, strict=True)]
         lines.append(f"| {system} | " + " | ".join(texts) + f" | {note} |")
     return lines
 
@@ -206,11 +279,12 @@ def _targets(checks: list[TargetCheck]) -> list[str]:
 
 def _notes(suite: SuiteResult) -> list[str]:
     notes = [
-        f"{w.key}: {', '.join(s for s in w.once if s in w.systems)} ran once, the others {w.repeats} times"
+        f"† {w.key}: {', '.join(s for s in w.once if s in w.systems)} ran once, the others {w.repeats} "
+        f"times: {w.once_why or 'for time'}"
         for w in suite.plan
         if w.repeats > 1 and any(s in w.systems for s in w.once)
     ]
-    notes += suite.notes
+    notes += [f"‡ {n}" if "budget" in n else n for n in suite.notes]
     notes += [f"{system} did not run: {why}" for system, why in suite.unavailable.items()]
     notes += [
         f"{f['system']} on {f['workload']} (seed {f['seed']}) failed: {f['error']}" for f in suite.failures
@@ -261,7 +335,7 @@ def plot_trials_vs_time(suite: SuiteResult, cells: dict[tuple[str, str], Cell], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [w for w in suite.plan if w.name in ("efficiency", "model")] or suite.plan[:1]
+    panels = [w for w in suite.plan if w.name in ("wide", "model")] or suite.plan[:1]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
     for ax, workload in zip(axes[0], panels, strict=True):
         for system in wl.ALL_SYSTEMS:

@@ -1,10 +1,11 @@
 """Runs a plan: every workload, every repeat, every system, in an order that spreads noise.
 
-``run_suite`` either starts its own Spark Connect server (``LocalConnectServer`` on a free
-loopback port, state under the scratch folder, stopped by its own pid at the end) and a
-session whose gRPC channel counts request bytes, or uses a session it is given (the test
-suite's fixtures). Either way the session runs a Python job before anything is timed, and
-each system gets an untimed warm-up run (its first job, its worker-side imports).
+``run_suite`` either starts its own servers on loopback (a local[2] Spark Connect server, an
+``mlflow server`` with a sqlite backend, and for the wide workloads a ``LocalCluster`` or a
+local[p] server; state under the scratch folder, each stopped by its own pid) and sessions
+whose gRPC channels count request bytes, or uses a session it is given (the test suite's
+fixtures). Each system gets an untimed warm-up run (its first job, its worker-side imports)
+on each server before anything of it is timed.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from typing import Any
 
 from benchmarks import objectives
 from benchmarks import workloads as wl
-from benchmarks.measure import RequestBytes, RunResult
+from benchmarks.measure import RequestBytes, RunResult, WireBytes
 from benchmarks.systems import (
     DRIVER_MEMORY,
     RUNNERS,
     BenchEnv,
     SystemUnavailableError,
+    classic_master,
     sequential_job_latency,
 )
 from benchmarks.workloads import Workload
@@ -48,6 +50,8 @@ class SuiteResult:
     runs: list[RunResult] = field(default_factory=list)
     floor_latency_s: list[float] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)  # system -> why it did not run
+    # "system@server" -> why it did not run on that server only (it may run on the others)
+    unavailable_on: dict[str, str] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)  # one failed run each
     notes: list[str] = field(default_factory=list)
     cut: dict[str, int] = field(default_factory=dict)  # workload key -> repeats run, when cut
@@ -64,7 +68,8 @@ def run_suite(
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> SuiteResult:
     """Run ``plan``. Repeats that would end past ``budget_s`` seconds are dropped (and said so).
-    With a given ``spark``, request bytes are counted only if its channel carries
+    With a given ``spark``, every workload runs on it (whatever its ``server``), tracking goes
+    to the sqlite store, and request bytes are counted only if its channel carries
     ``request_bytes``."""
     started = time.time()
     suite = SuiteResult(plan=plan, meta=_machine(started))
@@ -72,33 +77,43 @@ def run_suite(
         if work_dir is None:
             work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="connect-trials-bench-")))
         env = BenchEnv(work_dir, spark=spark, request_bytes=request_bytes)
-        # Nothing this suite tracks may land in ./mlflow.db (MLflow's default store).
-        stack.enter_context(_environment(MLFLOW_TRACKING_URI=env.tracking_uri))
+        # Nothing this suite tracks may land in ./mlflow.db (MLflow's default store), nor leave
+        # loopback. (MLflow's telemetry also raced on os.environ in MlflowSparkStudy's executor
+        # threads on the standalone cluster: KeyError '_MLFLOW_TELEMETRY_SESSION_ID'.) Set
+        # before any server starts, so that their executors inherit it.
+        stack.enter_context(
+            _environment(MLFLOW_TRACKING_URI=env.tracking_uri, MLFLOW_DISABLE_TELEMETRY="true")
+        )
+        servers: _Servers | None = None
         if spark is None:
-            log("starting a Spark Connect server (local[2]) on loopback ...")
-            server = stack.enter_context(_local_server(work_dir))
-            suite.meta.update(connect_url=server.url, driver_memory=DRIVER_MEMORY)
-            env.server_log = server.log_path
-            log(f"server up at {server.url} after {time.time() - started:.0f} s")
+            log("starting a Spark Connect server (local[2]) and an mlflow server on loopback ...")
+            servers = stack.enter_context(_Servers(work_dir, plan, log))
+            suite.meta.update(
+                connect_url=servers.main.public_url, driver_memory=DRIVER_MEMORY, servers=servers.shapes
+            )
+            env.server_log = servers.main.log_path
+            env.mlflow_server_uri = servers.mlflow.url
+            log(f"servers up after {time.time() - started:.0f} s")
             env.request_bytes = RequestBytes()
-            env.spark = stack.enter_context(_counted_session(server.url, env.request_bytes, default=True))
-
-            def session_factory() -> Any:
-                return stack.enter_context(_counted_session(server.url, env.request_bytes, default=False))
-
-            env.session_factory = session_factory
+            env.spark = stack.enter_context(
+                _counted_session(servers.url("main"), env.request_bytes, default=True)
+            )
+            sessions = _Sessions(servers, env.request_bytes)
+            stack.callback(sessions.close_all)
+            env.session_factory = sessions.open
+            env.drop_session = sessions.close
         stack.callback(env.close)
         objectives.ship_by_value()
         _warm_session(env.spark)
         if env.session_factory is None:
             # A server that dies mid-suite fails the runs in seconds, not after ~10 minutes of retries.
             stack.enter_context(bounded_retries(env.spark))
-        suite.floor_latency_s = sequential_job_latency(env.spark_for(wl.FLOOR_RAW), floor_jobs)
+        suite.floor_latency_s = sequential_job_latency(env.spark, floor_jobs)
         log(
             f"floor: trivial single-task job latency, median of {floor_jobs}: "
             f"{statistics.median(suite.floor_latency_s):.3f} s"
         )
-        _run_plan(plan, env, suite, started, budget_s, log)
+        _run_plan(plan, env, suite, started, budget_s, log, servers)
     suite.meta["duration_s"] = round(time.time() - started, 1)
     return suite
 
@@ -110,30 +125,68 @@ def _run_plan(
     started: float,
     budget_s: float | None,
     log: Callable[[str], None],
+    servers: _Servers | None,
 ) -> None:
-    """Round r runs repeat r of every workload that has one, so a budget cut drops whole late
-    rounds (fewer repeats) and never a workload."""
-    warmed: set[tuple[str, bool]] = set()
+    """One phase per server, in plan order; in a phase, round r runs repeat r of every
+    workload that has one, so a budget cut drops whole late rounds (fewer repeats) and never a
+    workload. A server other than the main one is stopped when its phase ends."""
+    phases = list(dict.fromkeys(w.server for w in plan))
+    warmed: set[tuple[str, str, bool]] = set()
     seconds: dict[tuple[str, str], float] = {}  # (workload key, system) -> its last run, warm-up included
-    schedule = [(r, w) for r in range(max(w.repeats for w in plan)) for w in plan if r < w.repeats]
-    for step, (repeat, workload) in enumerate(schedule):
-        # A child process (a JVM, a Ray cluster) idles on the same 2 cores: end it once no
-        # later run needs it.
-        env.release_children_except(
-            {s for r, w in schedule[step:] for s in w.systems if r == 0 or s not in w.once}
-        )
-        if workload.key in suite.cut:
-            continue
-        coming = [s for s in workload.systems if s not in suite.unavailable and s not in workload.once]
-        projected = time.time() - started + sum(seconds.get((workload.key, s), 0.0) for s in coming)
-        if repeat > 0 and budget_s is not None and projected > budget_s:
-            suite.cut[workload.key] = repeat
-            suite.notes.append(
-                f"{workload.key}: {repeat} of {workload.repeats} repeats run; the rest were cut "
-                f"to stay within the {budget_s / 60:.0f}-minute budget"
+    for phase in phases:
+        mine = [w for w in plan if w.server == phase]
+        schedule = [(r, w) for r in range(max(w.repeats for w in mine)) for w in mine if r < w.repeats]
+        later = [
+            (r, w) for ph in phases[phases.index(phase) + 1 :] for w in plan if w.server == ph for r in (0,)
+        ]
+        if servers is not None and phase != "main":
+            log(f"starting the {phase} server for {', '.join(w.key for w in mine)} ...")
+            began = time.time()
+            try:
+                servers.start(phase)
+            except Exception as exc:  # noqa: BLE001 - the other phases still run
+                for workload in mine:
+                    suite.notes.append(
+                        f"{workload.key} did not run: its {phase} server failed: {_last_line(exc)}"
+                    )
+                log(traceback.format_exc())
+                continue
+            log(f"{phase} server up after {time.time() - began:.0f} s")
+        for step, (repeat, workload) in enumerate(schedule):
+            # A child process (a JVM, a Ray cluster) idles on the same 2 cores: end it once no
+            # later run needs it.
+            env.release_children_except(
+                {
+                    f"{s}@{classic_master(w)}"
+                    for r, w in schedule[step:] + later
+                    for s in w.systems
+                    if r == 0 or s not in w.once
+                }
             )
-            continue
-        _run_repeat(workload, repeat, env, suite, warmed, started, log, seconds)
+            if workload.key in suite.cut:
+                continue
+            coming = [s for s in workload.systems if s not in suite.unavailable and s not in workload.once]
+            projected = time.time() - started + sum(seconds.get((workload.key, s), 0.0) for s in coming)
+            if repeat > 0 and budget_s is not None and projected > budget_s:
+                suite.cut[workload.key] = repeat
+                suite.notes.append(
+                    f"{workload.key}: {repeat} of {workload.repeats} repeats run; the rest were cut "
+                    f"to stay within the {budget_s / 60:.0f}-minute budget"
+                )
+                continue
+            if repeat == 0 and budget_s is not None and time.time() - started > budget_s:
+                # Past the budget already: the run must still end in time, so this workload is
+                # left out (and the report says so) rather than run late.
+                suite.cut[workload.key] = 0
+                suite.notes.append(
+                    f"{workload.key}: not run; the {budget_s / 60:.0f}-minute budget was spent"
+                )
+                continue
+            _run_repeat(workload, repeat, env, suite, warmed, started, log, seconds)
+        if servers is not None and phase != "main":
+            env.drop_sessions_on(phase)
+            servers.stop(phase)
+            log(f"{phase} server stopped")
 
 
 def _run_repeat(
@@ -141,7 +194,7 @@ def _run_repeat(
     repeat: int,
     env: BenchEnv,
     suite: SuiteResult,
-    warmed: set[tuple[str, bool]],
+    warmed: set[tuple[str, str, bool]],
     started: float,
     log: Callable[[str], None],
     seconds: dict[tuple[str, str], float],
@@ -150,16 +203,26 @@ def _run_repeat(
     # Rotate the order each repeat so no system always runs right after the same one.
     shift = repeat % len(workload.systems)
     for system in workload.systems[shift:] + workload.systems[:shift]:
-        if system in suite.unavailable or (repeat > 0 and system in workload.once):
+        where = f"{system}@{workload.server}"
+        if (
+            system in suite.unavailable
+            or where in suite.unavailable_on
+            or (repeat > 0 and system in workload.once)
+        ):
             continue
         began = time.time()
-        warm_key = (system, workload.name == "model")
+        warm_key = (system, workload.server, workload.name == "model")
         if warm_key not in warmed:
             try:
                 RUNNERS[system](_warm_up_copy(workload), seed, env)
             except Exception as exc:  # noqa: BLE001 - cannot run here: say why, go on
-                suite.unavailable[system] = f"its warm-up run failed: {_last_line(exc)}"
-                log(f"{system}: unavailable: {suite.unavailable[system]}")
+                why = f"its warm-up run failed: {_last_line(exc)}"
+                if workload.server == "main":
+                    suite.unavailable[system] = why
+                else:  # a failure on one server says nothing of the others
+                    suite.unavailable_on[where] = why
+                    suite.notes.append(f"{system} did not run on the {workload.server} server: {why}")
+                log(f"{system}: unavailable on {workload.server}: {why}")
                 log(traceback.format_exc())
                 continue
             warmed.add(warm_key)
@@ -179,7 +242,7 @@ def _run_repeat(
             suite.failures.append(failure)
             log(f"{system} on {workload.key} failed: {_last_line(exc)}")
             log(traceback.format_exc())
-            if system in CONNECT_SYSTEMS and not _server_answers(env.spark_for(system)):
+            if system in CONNECT_SYSTEMS and workload.server == "main" and not _server_answers(env.spark):
                 why = f"the Spark Connect server stopped during {system} on {workload.key}"
                 why += _server_log_cause(env)
                 for connect_system in CONNECT_SYSTEMS:
@@ -227,33 +290,134 @@ def _environment(**values: str) -> Iterator[None]:
 
 
 def _warm_up_copy(workload: Workload) -> Workload:
-    """A few trials of the same shape: pays a system's first-job and import costs untimed."""
+    """A few trials of the same shape: pays a system's first-job and import costs untimed.
+    Wide ones keep their sleep, so every slot starts its Python worker."""
     return replace(
         workload,
         n_trials=workload.parallelism,
         repeats=1,
-        sleep_s=0.0,
+        sleep_s=workload.sleep_s if workload.name == "wide" else 0.0,
         payload_bytes=min(workload.payload_bytes, wl.PAYLOAD_SMALL_BYTES),
     )
 
 
+class _Servers:
+    """The suite's servers, each started by this object and stopped by its own pid: the main
+    local[2] Spark Connect server and an ``mlflow server`` (sqlite, HTTP) for the whole suite,
+    and a wide one (``LocalCluster``, or local[p]) for the phase that needs it."""
+
+    def __init__(self, work_dir: Path, plan: list[Workload], log: Callable[[str], None]) -> None:
+        from connect_trials.server import LocalConnectServer, LocalMlflowServer
+
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+        self._work_dir = work_dir
+        self._widest = max((w.parallelism for w in plan if w.server != "main"), default=16)
+        self._log = log
+        self.main = LocalConnectServer(
+            master="local[2]",
+            state_dir=work_dir / "connect-server",
+            conf={"spark.driver.memory": DRIVER_MEMORY},
+        )
+        self.mlflow = LocalMlflowServer(work_dir / "mlflow-server")
+        self._wide: Any = None
+        self.shapes: dict[str, str] = {
+            "main": "local[2] Spark Connect server",
+            "mlflow": "mlflow server, sqlite",
+        }
+
+    def __enter__(self) -> _Servers:
+        self.main.start()
+        try:
+            self.mlflow.start()
+        except BaseException:
+            self.main.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for phase in ("cluster", "local-wide"):
+            self.stop(phase)
+        self.mlflow.stop()
+        self.main.stop()
+
+    def url(self, server: str) -> str:
+        return str(self.main.url if server == "main" else self._wide.url)
+
+    def port(self, server: str) -> int:
+        return int(self.main.port if server == "main" else self._wide_server().port)
+
+    def _wide_server(self) -> Any:
+        return self._wide.server if hasattr(self._wide, "server") else self._wide
+
+    def start(self, server: str) -> None:
+        from connect_trials.server import LocalCluster, LocalConnectServer
+
+        conf = {"spark.driver.memory": DRIVER_MEMORY}
+        if server == "cluster":
+            # Cores are logical task slots here (the machine has 2): 2 workers share the widest
+            # parallelism, as a 2-node cluster would.
+            cores = -(-self._widest // 2)
+            self._wide = LocalCluster(
+                workers=2, cores=cores, memory="3g", state_dir=self._work_dir / "cluster", conf=conf
+            )
+            self.shapes[server] = f"LocalCluster: 2 standalone workers x {cores} logical cores, 2 real cores"
+        else:
+            self._wide = LocalConnectServer(
+                master=f"local[{self._widest}]", state_dir=self._work_dir / "wide-server", conf=conf
+            )
+            self.shapes[server] = f"local[{self._widest}] Spark Connect server, 2 real cores"
+        self._wide.start()
+
+    def stop(self, server: str) -> None:
+        if server != "main" and self._wide is not None:
+            self._wide.stop()
+            self._wide = None
+
+
+class _Sessions:
+    """Makes the sessions ``BenchEnv.session`` hands out and stops them: each warm (or not,
+    for first-trial runs), counting its request bytes, and optionally behind a ``WireBytes``
+    relay of its own."""
+
+    def __init__(self, servers: _Servers, request_bytes: RequestBytes) -> None:
+        self._servers = servers
+        self._request_bytes = request_bytes
+        self._open: dict[int, tuple[contextlib.ExitStack, WireBytes | None]] = {}
+
+    def open(self, server: str, wire: bool, warm: bool) -> tuple[Any, WireBytes | None]:
+        stack = contextlib.ExitStack()
+        relay = None
+        url = self._servers.url(server)
+        if wire:
+            relay = WireBytes(self._servers.port(server))
+            stack.callback(relay.close)
+            url = relay.url_for(url)
+        try:
+            session = stack.enter_context(
+                _counted_session(url, self._request_bytes, default=False, warm=warm)
+            )
+        except BaseException:
+            stack.close()
+            raise
+        self._open[id(session)] = (stack, relay)
+        return session, relay
+
+    def close(self, session: Any) -> None:
+        entry = self._open.pop(id(session), None)
+        if entry is not None:
+            entry[0].close()
+
+    def close_all(self) -> None:
+        while self._open:
+            self._open.popitem()[1][0].close()
+
+
 @contextlib.contextmanager
-def _local_server(work_dir: Path) -> Iterator[Any]:
-    """A local[2] Spark Connect server of the suite's own, stopped by its own pid at the end."""
-    from connect_trials.server import LocalConnectServer
-
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    server = LocalConnectServer(
-        master="local[2]", state_dir=work_dir / "connect-server", conf={"spark.driver.memory": DRIVER_MEMORY}
-    )
-    with server:
-        yield server
-
-
-@contextlib.contextmanager
-def _counted_session(url: str, request_bytes: RequestBytes, default: bool) -> Iterator[Any]:
-    """A warm Connect session whose channel counts request bytes and gives up on a dead server
-    in seconds. ``default``: the one ``SparkSession.active()`` returns."""
+def _counted_session(
+    url: str, request_bytes: RequestBytes, default: bool, warm: bool = True
+) -> Iterator[Any]:
+    """A Connect session (warm unless told not) whose channel counts request bytes and gives
+    up on a dead server in seconds. ``default``: the one ``SparkSession.active()`` returns."""
     from pyspark.sql.connect.client import DefaultChannelBuilder
     from pyspark.sql.connect.session import SparkSession
 
@@ -266,7 +430,8 @@ def _counted_session(url: str, request_bytes: RequestBytes, default: bool) -> It
     else:
         session = SparkSession(connection=channel)
     try:
-        _warm_session(session)
+        if warm:
+            _warm_session(session)
         with bounded_retries(session):
             yield session
     finally:

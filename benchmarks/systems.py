@@ -3,7 +3,7 @@
     run(workload, seed, env) -> RunResult
 
 ``RUNNERS`` maps the names of ``workloads.py`` to runners. The Spark Connect ones share the
-suite's server, each through a warm session of its own (``BenchEnv.spark_for``). hyperopt's
+suite's servers, each through a session of its own (``BenchEnv.session``). hyperopt's
 ``SparkTrials`` needs a classic JVM session and Ray a cluster of its own, which do not mix
 with a Connect session in one process: their runners here hand the run to a child process
 (``isolated.py``), which calls the ``*_here`` runner of the same system with an environment
@@ -12,11 +12,13 @@ of its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ import numpy as np
 
 from benchmarks import objectives
 from benchmarks import workloads as wl
-from benchmarks.measure import Probe, RequestBytes, RunResult, SuggestTimer, fill_from_hyperopt
+from benchmarks.measure import Probe, RequestBytes, RunResult, SuggestTimer, WireBytes, fill_from_hyperopt
 from benchmarks.workloads import Workload
 
 # Driver memory of every Spark the suite starts (the Connect server and SparkTrials' classic
@@ -43,49 +45,94 @@ class SystemUnavailableError(RuntimeError):
 class BenchEnv:
     """What runners share: the scratch folder, Spark sessions, the byte counters.
 
-    With a ``session_factory``, each Connect system gets a warm session of its own, so it gets
-    its own Python workers: what one system leaves in reused workers cannot slow another
-    (after MlflowSparkStudy ran, later jobs in the same session took about twice as long
-    here). ``spark``, the default session, is the one MlflowSparkStudy finds through
-    ``SparkSession.active()``; without a factory every system uses it.
+    With a ``session_factory``, each Connect system gets a warm session of its own on each
+    server (``Workload.server``), so it gets its own Python workers: what one system leaves in
+    reused workers cannot slow another (after MlflowSparkStudy ran, later jobs in the same
+    session took about twice as long here). Payload runs get sessions of their own behind a
+    ``WireBytes`` relay; first-trial runs a fresh, cold session each. Without a factory (the
+    test suite's fixture) every system uses ``spark``.
     """
 
     work_dir: Path
     spark: Any = None
-    session_factory: Callable[[], Any] | None = None
+    # (server, wire, warm) -> (session, its relay or None); the factory's owner stops them
+    session_factory: Callable[[str, bool, bool], tuple[Any, WireBytes | None]] | None = None
     request_bytes: RequestBytes | None = None
     command_bytes: Any = None  # classic sessions: the size of the pickled task commands
     server_log: Path | None = None
+    mlflow_server_uri: str | None = None  # connect-trials+mlflow tracks here (HTTP) when set
     children: dict[str, Any] = field(default_factory=dict)
-    sessions: dict[str, Any] = field(default_factory=dict)  # stopped by whoever made the factory
+    sessions: dict[tuple[str, str, bool], tuple[Any, WireBytes | None]] = field(default_factory=dict)
+    drop_session: Callable[[Any], None] = lambda _session: None
 
-    def spark_for(self, system: str) -> Any:
-        if self.session_factory is None or system == wl.MLFLOW_OPTUNA:
-            return self.spark
-        if system not in self.sessions:
-            self.sessions[system] = self.session_factory()
-        return self.sessions[system]
+    @contextlib.contextmanager
+    def session(self, system: str, workload: Workload) -> Iterator[tuple[Any, WireBytes | None]]:
+        """The session ``system`` runs ``workload`` on, and the relay it sends through (if any)."""
+        if self.session_factory is None:
+            yield self.spark, None
+            return
+        if workload.name == "first-trial":
+            fresh = self.session_factory(workload.server, False, False)
+            try:
+                yield fresh
+            finally:
+                self.drop_session(fresh[0])
+            return
+        key = (system, workload.server, workload.name == "payload")
+        if key not in self.sessions:
+            self.sessions[key] = self.session_factory(workload.server, key[2], True)
+        yield self.sessions[key]
+
+    def drop_sessions_on(self, server: str) -> None:
+        """Stop the sessions on ``server`` (before it stops)."""
+        for key in [k for k in self.sessions if k[1] == server]:
+            self.drop_session(self.sessions.pop(key)[0])
 
     @property
     def tracking_uri(self) -> str:
         """A sqlite MLflow store under the scratch folder (mlflow 3.17 refuses ``file:``)."""
         return f"sqlite:///{self.work_dir / 'mlflow.db'}"
 
-    def child(self, system: str) -> Any:
-        """The child process that runs ``system`` (started on first use, kept for the suite)."""
-        if system not in self.children:
+    def child(self, system: str, master: str = "local[2]") -> Any:
+        """The child process that runs ``system`` on ``master`` (started on first use, kept
+        until released)."""
+        key = f"{system}@{master}"
+        if key not in self.children:
             from benchmarks.isolated import IsolatedSystem
 
-            self.children[system] = IsolatedSystem(system, self.work_dir)
-        return self.children[system]
+            self.children[key] = IsolatedSystem(system, self.work_dir, master)
+        return self.children[key]
 
-    def release_children_except(self, systems: set[str]) -> None:
-        """Stop the child processes of systems not in ``systems``."""
-        for system in [s for s in self.children if s not in systems]:
-            self.children.pop(system).close()
+    def release_children_except(self, keys: set[str]) -> None:
+        """Stop the child processes not in ``keys`` (``system@master``)."""
+        for key in [k for k in self.children if k not in keys]:
+            self.children.pop(key).close()
 
     def close(self) -> None:
         self.release_children_except(set())
+
+
+def classic_master(workload: Workload) -> str:
+    """Where SparkTrials runs ``workload``: a classic session cannot attach to the Connect
+    server's cluster (its application holds every core), so wide runs get local[p]."""
+    return "local[2]" if workload.server == "main" else f"local[{workload.parallelism}]"
+
+
+@contextlib.contextmanager
+def active_session(spark: Any) -> Iterator[None]:
+    """Make ``spark`` the session ``SparkSession.active()`` returns (MlflowSparkStudy looks it
+    up there), and restore the previous one after."""
+    from pyspark.sql.connect.session import SparkSession
+
+    before_default = SparkSession._default_session
+    before_active = getattr(SparkSession._active_session, "session", None)
+    SparkSession._default_session = spark
+    SparkSession._active_session.session = spark
+    try:
+        yield
+    finally:
+        SparkSession._default_session = before_default
+        SparkSession._active_session.session = before_active
 
 
 Runner = Callable[[Workload, int, BenchEnv], RunResult]
@@ -97,11 +144,17 @@ def run_floor_raw(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
     threads submitting: no search algorithm, no bookkeeping. The fastest any system can be
     on this server."""
     task = objectives.raw_job_task(workload.objective(), workload.default_point())
-    spark = env.spark_for(wl.FLOOR_RAW)
+    with env.session(wl.FLOOR_RAW, workload) as (spark, wire):
+        return _floor_raw(workload, seed, env, task, spark, wire)
+
+
+def _floor_raw(
+    workload: Workload, seed: int, env: BenchEnv, task: Any, spark: Any, wire: WireBytes | None
+) -> RunResult:
     result = RunResult(wl.FLOOR_RAW, workload.key, seed, 0.0, bytes_note="gRPC request bytes")
     completed: list[float] = []
     latencies: list[float] = []
-    with Probe(env.request_bytes) as probe:
+    with Probe(env.request_bytes, wire) as probe:
 
         def one_job(_: int) -> float:
             start = time.time()
@@ -172,42 +225,53 @@ def _connect_trials(workload: Workload, seed: int, env: BenchEnv, tracking: bool
     from connect_trials import ConnectTrials
 
     system = wl.CONNECT_TRIALS_TRACKED if tracking else wl.CONNECT_TRIALS
-    if tracking:
-        _use_tracking_store(env, experiment="connect-trials-bench")
     objective = workload.objective()
     timer = SuggestTimer(tpe.suggest)
     result = RunResult(system, workload.key, seed, 0.0, bytes_note="gRPC request bytes")
-    with Probe(env.request_bytes) as probe:
-        trials = ConnectTrials(
-            parallelism=workload.parallelism, spark_session=env.spark_for(system), mlflow_tracking=tracking
-        )
-        fmin(
-            objective,
-            workload.hyperopt_space(),
-            algo=timer.algo,
-            max_evals=workload.n_trials,
-            trials=trials,
-            rstate=np.random.default_rng(seed),
-            show_progressbar=False,
-        )
+    with contextlib.ExitStack() as stack:
+        spark, wire = stack.enter_context(env.session(system, workload))
+        if tracking:
+            stack.enter_context(_tracking_server(env))
+        with Probe(env.request_bytes, wire) as probe:
+            trials = ConnectTrials(
+                parallelism=workload.parallelism, spark_session=spark, mlflow_tracking=tracking
+            )
+            fmin(
+                objective,
+                workload.hyperopt_space(),
+                algo=timer.algo,
+                max_evals=workload.n_trials,
+                trials=trials,
+                rstate=np.random.default_rng(seed),
+                show_progressbar=False,
+            )
     probe.fill(result)
+    if tracking:
+        result.extras["tracking_store"] = "mlflow server (HTTP)" if env.mlflow_server_uri else "sqlite"
     result.suggest_spans_s = timer.spans_from(probe.t0)
     return fill_from_hyperopt(result, trials, probe.t0)
 
 
-def _use_tracking_store(env: BenchEnv, experiment: str) -> str:
-    """Make ``experiment`` in the suite's sqlite store the active one; returns its id. (The
-    suite points ``MLFLOW_TRACKING_URI`` at the store for its whole run.)"""
+@contextlib.contextmanager
+def _tracking_server(env: BenchEnv, experiment: str = "connect-trials-bench") -> Iterator[tuple[str, str]]:
+    """Track into ``experiment`` on the suite's ``mlflow server`` (HTTP) when it has one, as a
+    real deployment does, else in its sqlite store; yields the tracking URI and the
+    experiment's id. The sqlite store is the default again after."""
     import mlflow
 
-    return str(mlflow.set_experiment(experiment).experiment_id)
+    uri = env.mlflow_server_uri or env.tracking_uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri, str(mlflow.set_experiment(experiment).experiment_id)
+    finally:
+        mlflow.set_tracking_uri(env.tracking_uri)
 
 
 # -- MLflow's MlflowSparkStudy (Optuna over Spark Connect) ------------------------------------
 def run_mlflow_optuna(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
     """``MlflowSparkStudy.optimize``: one Spark job of ``parallelism`` tasks; each task loads the
     study from MLflow and runs its share of the trials one after another, sampling on the
-    executor. Its storage is an MLflow experiment (here the suite's sqlite store)."""
+    executor. Its storage is an MLflow experiment on the suite's mlflow server (HTTP)."""
     try:
         import optuna
         from mlflow.optuna.storage import MlflowStorage
@@ -217,7 +281,6 @@ def run_mlflow_optuna(workload: Workload, seed: int, env: BenchEnv) -> RunResult
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = f"{workload.key}-{seed}-{uuid.uuid4().hex[:8]}"
-    experiment_id = _use_tracking_store(env, experiment=f"optuna-{name}")
     objective = workload.optuna_objective()
     result = RunResult(
         wl.MLFLOW_OPTUNA,
@@ -226,16 +289,50 @@ def run_mlflow_optuna(workload: Workload, seed: int, env: BenchEnv) -> RunResult
         0.0,
         bytes_note="gRPC request bytes; one job runs every trial, so its plan is sent once per search",
     )
-    with Probe(env.request_bytes) as probe:
-        study = MlflowSparkStudy(
-            name,
-            MlflowStorage(experiment_id=experiment_id),
-            sampler=optuna.samplers.TPESampler(seed=seed),
-            mlflow_tracking_uri=env.tracking_uri,
-        )
-        study.optimize(objective, n_trials=workload.n_trials, n_jobs=workload.parallelism)
+    with contextlib.ExitStack() as stack:
+        spark, wire = stack.enter_context(env.session(wl.MLFLOW_OPTUNA, workload))
+        stack.enter_context(active_session(spark))
+        # Its storage on the suite's mlflow server when there is one: 16 executors opening one
+        # sqlite file took minutes here.
+        uri, experiment_id = stack.enter_context(_tracking_server(env, experiment=f"optuna-{name}"))
+        limit = stack.enter_context(_interrupted_after(spark, wl.PEER_TIME_LIMIT_S))
+        with Probe(env.request_bytes, wire) as probe:
+            study = MlflowSparkStudy(
+                name,
+                MlflowStorage(experiment_id=experiment_id),
+                sampler=optuna.samplers.TPESampler(seed=seed),
+                mlflow_tracking_uri=uri,
+            )
+            try:
+                study.optimize(objective, n_trials=workload.n_trials, n_jobs=workload.parallelism)
+            except Exception as exc:
+                if limit.is_set():
+                    raise RuntimeError(
+                        f"interrupted after the {wl.PEER_TIME_LIMIT_S:.0f}-s limit of a run"
+                    ) from exc
+                raise
+        trials = study.trials  # read from its store, while that is still the tracking URI
     probe.fill(result)
-    return _fill_from_optuna(result, study.trials, probe.t0)
+    return _fill_from_optuna(result, trials, probe.t0)
+
+
+@contextlib.contextmanager
+def _interrupted_after(spark: Any, seconds: float) -> Iterator[threading.Event]:
+    """Interrupt every job of ``spark`` (a Connect session) after ``seconds``; the event says
+    whether that happened."""
+    fired = threading.Event()
+
+    def interrupt() -> None:
+        fired.set()
+        spark.interruptAll()
+
+    timer = threading.Timer(seconds, interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield fired
+    finally:
+        timer.cancel()
 
 
 def _fill_from_optuna(result: RunResult, trials: list[Any], t0: float) -> RunResult:
@@ -259,27 +356,27 @@ def _fill_from_optuna(result: RunResult, trials: list[Any], t0: float) -> RunRes
 
 # -- hyperopt's SparkTrials on a classic local session (in a child process) ------------------
 def run_spark_trials(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
-    return env.child(wl.SPARK_TRIALS).run(workload, seed)
+    return env.child(wl.SPARK_TRIALS, classic_master(workload)).run(workload, seed)
 
 
-def classic_env(work_dir: Path) -> BenchEnv:
-    """A classic local[2] session on loopback (the same cores as the Connect server), warm,
-    with the size of every shipped task command counted."""
+def classic_env(work_dir: Path, master: str) -> BenchEnv:
+    """A classic session on ``master`` (local[2]: the same cores as the Connect server) on
+    loopback, warm, with the size of every shipped task command counted."""
     objectives.ship_by_value()
-    return BenchEnv(work_dir, spark=_classic_session(work_dir), command_bytes=_CommandBytes())
+    return BenchEnv(work_dir, spark=_classic_session(work_dir, master), command_bytes=_CommandBytes())
 
 
-def _classic_session(work_dir: Path) -> Any:
+def _classic_session(work_dir: Path, master: str) -> Any:
     for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE"):
         os.environ.pop(name, None)
     os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
     from pyspark.sql import SparkSession
 
-    scratch = work_dir / "classic-scratch"
+    scratch = work_dir / f"classic-scratch-{''.join(c for c in master if c.isalnum())}"
     scratch.mkdir(parents=True, exist_ok=True)
     spark = (
-        SparkSession.builder.master("local[2]")
+        SparkSession.builder.master(master)
         .appName("bench-SparkTrials")
         .config("spark.ui.enabled", "false")
         .config("spark.driver.memory", DRIVER_MEMORY)
@@ -348,7 +445,7 @@ def run_ray_tune(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
     return env.child(wl.RAY_TUNE).run(workload, seed)
 
 
-def ray_env(work_dir: Path) -> BenchEnv:
+def ray_env(work_dir: Path, master: str) -> BenchEnv:
     _start_ray(work_dir)
     return BenchEnv(work_dir)
 
@@ -422,7 +519,7 @@ RUNNERS: dict[str, Runner] = {
 }
 
 # Systems that run in a child process: how the child sets up, and its runner there.
-ISOLATED: dict[str, tuple[Callable[[Path], BenchEnv], Runner]] = {
+ISOLATED: dict[str, tuple[Callable[[Path, str], BenchEnv], Runner]] = {
     wl.SPARK_TRIALS: (classic_env, run_spark_trials_here),
     wl.RAY_TUNE: (ray_env, run_ray_tune_here),
 }

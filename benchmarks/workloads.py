@@ -61,6 +61,8 @@ class Workload:
     systems: tuple[str, ...]
     repeats: int = 1  # runs, each with its own seed; the table shows the median (min-max)
     once: tuple[str, ...] = ()  # systems that run only the first repeat (slow references)
+    once_why: str = ""  # why they do (shown in the table)
+    server: str = "main"  # "main" (local[2]), "cluster" (LocalCluster) or "local-wide" (local[p])
     sleep_s: float = 0.0
     payload_bytes: int = 0
     variant: str = ""
@@ -120,76 +122,105 @@ class Workload:
         return objectives.optuna_adapter(self.objective(), bounds)
 
 
-def full_plan() -> list[Workload]:
-    """``python -m benchmarks``: the sizes of the issue, in about 21 minutes on 2 cores.
+# Why a peer runs fewer repeats than connect-trials, per workload: said in the table.
+# A peer's run that takes longer than this is interrupted (and the table says so).
+PEER_TIME_LIMIT_S = 150.0
+POLL_BOUND = "fmin's 1-s poll makes it ~1 s a trial whatever the trial: more repeats would not fit the budget"
 
-    To fit, the systems that take about a second per trial whatever the trial (SparkTrials and
-    Ray Tune poll) run one repeat where the others run three, Ray Tune (optional) skips the
-    model workload (48 trials took it ~2 minutes), and the 500-trial scale run is
-    for connect-trials and in-process hyperopt only: SparkTrials completes about one trial a
-    second there (fmin's 1-s poll, one trial queued per poll) and MlflowSparkStudy's time per
-    trial grows with the study, so those two run the 100-trial scale workload beside
-    connect-trials instead.
+
+def full_plan() -> list[Workload]:
+    """``python -m benchmarks``: the issue's workloads, in about 23 minutes on 2 cores.
+
+    Every system runs every repeat unless the workload's ``once_why`` says why not (SparkTrials
+    and Ray Tune complete about one trial a second whatever the trial, so a repeat of theirs
+    costs what the other systems' three do). ``wide`` runs on a ``LocalCluster`` of 2 workers
+    with 16 logical cores each (SparkTrials, which needs a classic session, on local[32]).
     """
     searchers = (IN_PROCESS, SPARK_TRIALS, MLFLOW_OPTUNA, CONNECT_TRIALS, CONNECT_TRIALS_TRACKED, RAY_TUNE)
-    slow = (SPARK_TRIALS, RAY_TUNE)
     return [
+        # First: the cluster it needs is stopped once it has run.
+        *wide(parallelisms=(16, 32), trials_per_slot=6, repeats=3),
         Workload(
-            "overhead", n_trials=32, parallelism=2, repeats=3, systems=(FLOOR_RAW, *searchers), once=slow
+            "overhead",
+            n_trials=32,
+            parallelism=2,
+            repeats=3,
+            systems=(FLOOR_RAW, *searchers),
+            once=(RAY_TUNE,),
+            once_why="Ray Tune: ~1 min a run (~1.7 s a trial) here; more repeats would not fit the budget",
         ),
         Workload(
-            "efficiency",
+            "overhead",
+            n_trials=48,
+            parallelism=4,
+            variant="p4",
+            repeats=3,
+            systems=(FLOOR_RAW, SPARK_TRIALS, MLFLOW_OPTUNA, CONNECT_TRIALS),
+            once=(SPARK_TRIALS,),
+            once_why=POLL_BOUND,
+        ),
+        first_trial(repeats=3),
+        Workload(
+            "model",
             n_trials=24,
             parallelism=2,
             repeats=3,
-            sleep_s=1.0,
-            systems=(FLOOR_RAW, *searchers),
-            # Sequential by construction: 24 s and 0.50 every time.
-            once=(*slow, IN_PROCESS),
-        ),
-        Workload(
-            "model",
-            n_trials=48,
-            parallelism=2,
-            repeats=3,
             space=SVC_SPACE,
-            systems=tuple(s for s in searchers if s != RAY_TUNE),  # ~2 min a run: cut for time
-            once=slow,
+            # SparkTrials (~1 s a trial) and Ray Tune were cut here for time: the overhead
+            # workloads already show what their polling costs.
+            systems=(IN_PROCESS, MLFLOW_OPTUNA, CONNECT_TRIALS),
         ),
         Workload(
-            "scale", n_trials=500, parallelism=4, systems=(IN_PROCESS, CONNECT_TRIALS, CONNECT_TRIALS_TRACKED)
+            "scale",
+            n_trials=200,
+            parallelism=4,
+            repeats=3,
+            systems=(IN_PROCESS, CONNECT_TRIALS, CONNECT_TRIALS_TRACKED),
         ),
         Workload(
             "scale",
             n_trials=100,
             parallelism=4,
             variant="100",
-            systems=(SPARK_TRIALS, MLFLOW_OPTUNA, CONNECT_TRIALS),
+            repeats=3,
+            systems=(MLFLOW_OPTUNA, CONNECT_TRIALS),
+            once=(MLFLOW_OPTUNA,),
+            once_why="MlflowSparkStudy ~1.5 min a run here (its time per trial grows with the study)",
         ),
-        *payload_pair(
-            n_trials=8, systems=(FLOOR_RAW, IN_PROCESS, SPARK_TRIALS, MLFLOW_OPTUNA, CONNECT_TRIALS)
-        ),
+        *payload_set(small_trials=8, large_trials=64, repeats=3),
     ]
 
 
 def quick_plan() -> list[Workload]:
-    """``python -m benchmarks --quick``: every workload once, small, in under 5 minutes (about 3.5
-    here). Ray Tune, when installed, is left to the full run: starting it costs ~20 s."""
-    every = (FLOOR_RAW, IN_PROCESS, SPARK_TRIALS, MLFLOW_OPTUNA, CONNECT_TRIALS, CONNECT_TRIALS_TRACKED)
+    """``python -m benchmarks --quick``: every target once, small, in under 5 minutes. Ray Tune
+    is left to the full run (starting it costs ~20 s); ``wide`` runs on local[16], not the
+    standalone cluster, whose start (a master, 2 workers, their executors) would take a
+    fifth of the budget on 2 cores, and for connect-trials and bare jobs only (SparkTrials takes
+    ~2 minutes there, MlflowSparkStudy several)."""
     return [
-        Workload("overhead", n_trials=12, parallelism=2, systems=every),
-        Workload("efficiency", n_trials=8, parallelism=2, sleep_s=1.0, systems=every),
+        *wide(parallelisms=(16,), trials_per_slot=4, repeats=1, cluster=False, peers=False),
         Workload(
-            "model",
-            n_trials=12,
+            "overhead",
+            n_trials=16,
             parallelism=2,
-            space=SVC_SPACE,
-            systems=(IN_PROCESS, MLFLOW_OPTUNA, CONNECT_TRIALS),
+            repeats=2,
+            # MlflowSparkStudy (~2 s a trial with its store on the mlflow server) is left to
+            # the full run here; it runs in first-trial.
+            systems=(FLOOR_RAW, SPARK_TRIALS, CONNECT_TRIALS, CONNECT_TRIALS_TRACKED),
+            once=(SPARK_TRIALS,),
+            once_why=POLL_BOUND,
         ),
-        Workload("scale", n_trials=120, parallelism=4, systems=(IN_PROCESS, CONNECT_TRIALS)),
-        *payload_pair(
-            n_trials=4, systems=(FLOOR_RAW, IN_PROCESS, SPARK_TRIALS, MLFLOW_OPTUNA, CONNECT_TRIALS)
+        Workload(
+            "overhead",
+            n_trials=16,
+            parallelism=4,
+            variant="p4",
+            repeats=2,
+            systems=(FLOOR_RAW, CONNECT_TRIALS),
         ),
+        first_trial(repeats=1, systems=(FLOOR_RAW, MLFLOW_OPTUNA, CONNECT_TRIALS)),
+        Workload("scale", n_trials=130, parallelism=4, repeats=2, systems=(IN_PROCESS, CONNECT_TRIALS)),
+        *payload_set(small_trials=8, large_trials=64, repeats=1, systems=(FLOOR_RAW, CONNECT_TRIALS)),
     ]
 
 
@@ -198,27 +229,90 @@ def smoke_plan() -> list[Workload]:
     systems = (FLOOR_RAW, IN_PROCESS, CONNECT_TRIALS)
     return [
         Workload("overhead", n_trials=4, parallelism=2, systems=systems),
-        Workload("efficiency", n_trials=4, parallelism=2, sleep_s=0.2, systems=systems),
         Workload("scale", n_trials=8, parallelism=4, systems=systems),
-        *payload_pair(n_trials=2, systems=systems, large_bytes=1024 * 1024),
+        *payload_set(small_trials=2, large_trials=4, repeats=1, systems=systems, large_bytes=1024 * 1024),
     ]
 
 
-def payload_pair(
-    n_trials: int, systems: tuple[str, ...], large_bytes: int = PAYLOAD_LARGE_BYTES
+def first_trial(repeats: int, systems: tuple[str, ...] | None = None) -> Workload:
+    """fmin called -> first trial's result, each run on a fresh session of a warm server."""
+    return Workload(
+        "first-trial",
+        n_trials=2,
+        parallelism=2,
+        repeats=repeats,
+        systems=systems or (FLOOR_RAW, SPARK_TRIALS, MLFLOW_OPTUNA, CONNECT_TRIALS),
+    )
+
+
+def wide(
+    parallelisms: tuple[int, ...],
+    trials_per_slot: int,
+    repeats: int,
+    cluster: bool = True,
+    peers: bool = True,
 ) -> list[Workload]:
-    """The payload workload at a large and a tiny capture: growth is what the target judges."""
+    """N x 1-s sleeping trials at high parallelism (Ray Tune's bookkeeping release test, scaled
+    down). ``cluster``: on a standalone LocalCluster, else on local[p]. ``peers``: SparkTrials
+    (p16 only: it completes ~1 trial a second, ~2 minutes a run at p16 here) and
+    MlflowSparkStudy (each of its tasks re-reads the whole study from MLflow for every trial:
+    minutes a run here, so it gets one run, cut at ``PEER_TIME_LIMIT_S``)."""
+    return [
+        Workload(
+            "wide",
+            n_trials=trials_per_slot * p,
+            parallelism=p,
+            variant=f"p{p}",
+            repeats=repeats,
+            sleep_s=1.0,
+            # SparkTrials completes ~1 trial a second: at p32 one run would take ~4 minutes.
+            systems=(FLOOR_RAW, CONNECT_TRIALS)
+            + ((MLFLOW_OPTUNA,) if peers else ())
+            + ((SPARK_TRIALS,) if peers and p <= 16 else ()),
+            once=(SPARK_TRIALS, MLFLOW_OPTUNA),
+            once_why="SparkTrials ~1 s a trial (fmin's poll); MlflowSparkStudy's tasks re-read the whole "
+            "study for every trial (minutes a run at p16 here)",
+            server="cluster" if cluster else "local-wide",
+        )
+        for p in parallelisms
+    ]
+
+
+def payload_set(
+    small_trials: int,
+    large_trials: int,
+    repeats: int,
+    systems: tuple[str, ...] = (FLOOR_RAW, SPARK_TRIALS, MLFLOW_OPTUNA, CONNECT_TRIALS),
+    large_bytes: int = PAYLOAD_LARGE_BYTES,
+) -> list[Workload]:
+    """A large capture at ``small_trials`` and ``large_trials`` trials (bytes per trial must
+    fall as trials grow), and a tiny one at ``small_trials`` (trial time must not grow with the
+    capture). The many-trial run is for the systems that ship the objective once per search:
+    a bare job or SparkTrials would send the capture with each of its jobs."""
     large = Workload(
         "payload",
-        n_trials=n_trials,
+        n_trials=small_trials,
         parallelism=2,
+        repeats=repeats,
         systems=systems,
+        once=(SPARK_TRIALS,),
+        once_why=POLL_BOUND,
         payload_bytes=large_bytes,
-        variant=_size_label(large_bytes),
+        variant=f"{_size_label(large_bytes)}x{small_trials}",
     )
     return [
         large,
-        replace(large, payload_bytes=PAYLOAD_SMALL_BYTES, variant=_size_label(PAYLOAD_SMALL_BYTES)),
+        replace(
+            large,
+            n_trials=large_trials,
+            systems=tuple(s for s in systems if s in (MLFLOW_OPTUNA, CONNECT_TRIALS)),
+            variant=f"{_size_label(large_bytes)}x{large_trials}",
+        ),
+        replace(
+            large,
+            payload_bytes=PAYLOAD_SMALL_BYTES,
+            variant=f"{_size_label(PAYLOAD_SMALL_BYTES)}x{small_trials}",
+        ),
     ]
 
 
