@@ -12,6 +12,7 @@ executor below is one implementation (an in-process one for debugging comes late
 from __future__ import annotations
 
 import enum
+import functools
 import io
 import logging
 import pickle
@@ -219,15 +220,43 @@ def _inline_fallback(objective_blob: bytes, fmin_environ: dict[str, str], exc: B
     return worker.objective_payload(objective_blob, {})
 
 
-def build_trial_job(
-    spark: Any, objective: bytes | str, request: TrialRequest, resource_profile: Any = None
-) -> Any:
-    """The DataFrame whose collection runs one trial."""
-    task = worker.trial_task(objective, request.argument_blob, request.environ)
+def trial_source(spark: Any) -> Any:
+    """The one-row, one-partition DataFrame every trial job of an fmin maps over, with its
+    schema learned now: ``mapInPandas`` reads the columns of its input, which is a server
+    round trip per job on an uncached DataFrame."""
     source = spark.range(0, 1, 1, 1)  # exactly one partition (spark.range(1) may give two)
+    source.schema  # noqa: B018 - cached on the DataFrame
+    return source
+
+
+@functools.lru_cache(maxsize=1)
+def result_struct() -> Any:
+    """``worker.RESULT_SCHEMA`` as a StructType, built here: a DDL string would be sent to the
+    server to be parsed, once per job."""
+    from pyspark.sql import types as T
+
+    simple = {
+        "string": T.StringType(),
+        "binary": T.BinaryType(),
+        "double": T.DoubleType(),
+        "int": T.IntegerType(),
+    }
+    fields = []
+    for column in worker.RESULT_SCHEMA.split(", "):
+        name, kind = column.split(" ", 1)
+        data_type = T.ArrayType(T.StringType()) if kind == "array<string>" else simple[kind]
+        fields.append(T.StructField(name, data_type, True))
+    return T.StructType(fields)
+
+
+def build_trial_job(
+    source: Any, objective: bytes | str, request: TrialRequest, resource_profile: Any = None
+) -> Any:
+    """The DataFrame whose collection runs one trial, over :func:`trial_source`'s DataFrame."""
+    task = worker.trial_task(objective, request.argument_blob, request.environ)
     if resource_profile is not None:
-        return source.mapInPandas(task, worker.RESULT_SCHEMA, profile=resource_profile)
-    return source.mapInPandas(task, worker.RESULT_SCHEMA)
+        return source.mapInPandas(task, result_struct(), profile=resource_profile)
+    return source.mapInPandas(task, result_struct())
 
 
 def decode_row(tid: int, row: Any) -> TrialOutcome:
@@ -279,6 +308,7 @@ class SparkJobExecutor:
             local_code.ship_local_code(spark)  # the project's own modules, for the objective's imports
         self._objective = ship_objective(spark, objective_blob, dict(fmin_environ or {}))
         self._resource_profile = resource_profile
+        self._source = trial_source(spark)
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
         self._collect_ended = threading.Condition(self._lock)
@@ -294,7 +324,7 @@ class SparkJobExecutor:
             return _not_submitted(tid)
         tags = (self.tag, trial_tag(self._fmin_id, tid))
         try:
-            job = build_trial_job(self._spark, self._objective, request, self._resource_profile)
+            job = build_trial_job(self._source, self._objective, request, self._resource_profile)
             for tag in tags:  # tags are thread-local: add them in the submitting thread
                 self._spark.addTag(tag)
             try:

@@ -70,6 +70,8 @@ class FakeSession:
     def range(self, *args):
         return self
 
+    schema = None  # stands for the source DataFrame too
+
     def mapInPandas(self, task, schema):
         return FakeJob(self, self.next_tid)
 
