@@ -71,6 +71,20 @@ def captured_log(name: str = "connect_trials", level: int = logging.DEBUG) -> It
         log.setLevel(saved_level)
 
 
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt during the test, as at a terminal: a suite started in
+    the background by a non-interactive shell inherits SIGINT ignored, and Python then
+    installs no handler for it."""
+    import signal
+
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved)
+
+
 # -- MLflow ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="session", autouse=True)
 def _mlflow_default_tracking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:

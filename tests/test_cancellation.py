@@ -187,7 +187,7 @@ def test_loss_threshold_stops_once_a_loss_is_below_it(spark, where):
     assert trials.fmin_cancelled_reason == "early stopping condition"
 
 
-def test_ctrl_c_cancels_running_trials_and_reraises(spark):
+def test_ctrl_c_cancels_running_trials_and_reraises(spark, ctrl_c):
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
 

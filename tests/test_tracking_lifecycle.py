@@ -184,6 +184,7 @@ def test_ctrl_c_during_fmin_started_leaves_no_thread_and_no_open_run(
     tracking_server: Tracking,  # noqa: F811
     gated_parent: tuple[threading.Event, threading.Event],
     monkeypatch: pytest.MonkeyPatch,
+    ctrl_c: None,
 ) -> None:
     entered, gate = gated_parent
     tracker = MlflowTracker()
