@@ -187,7 +187,7 @@ def sequential_job_latency(spark: Any, n_jobs: int) -> list[float]:
 
 def run_in_process(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
     """Plain ``hyperopt.Trials``: every trial in this process, one after another."""
-    from hyperopt import Trials, fmin, tpe
+    from hyperopt import Trials, tpe
 
     objective = workload.objective()
     timer = SuggestTimer(tpe.suggest)
@@ -196,18 +196,25 @@ def run_in_process(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
         wl.IN_PROCESS, workload.key, seed, 0.0, bytes_sent=0, bytes_note="nothing leaves the process"
     )
     with Probe(None) as probe:
-        fmin(
-            objective,
-            workload.hyperopt_space(),
-            algo=timer.algo,
-            max_evals=workload.n_trials,
-            trials=trials,
-            rstate=np.random.default_rng(seed),
-            show_progressbar=False,
-        )
+        _hyperopt_fmin(workload, seed, objective, timer, trials)
     probe.fill(result)
     result.suggest_spans_s = timer.spans_from(probe.t0)
     return fill_from_hyperopt(result, trials, probe.t0)
+
+
+def _hyperopt_fmin(workload: Workload, seed: int, objective: Any, timer: SuggestTimer, trials: Any) -> None:
+    """hyperopt's fmin as every hyperopt-based system runs a workload: TPE (timed), seeded."""
+    from hyperopt import fmin
+
+    fmin(
+        objective,
+        workload.hyperopt_space(),
+        algo=timer.algo,
+        max_evals=workload.n_trials,
+        trials=trials,
+        rstate=np.random.default_rng(seed),
+        show_progressbar=False,
+    )
 
 
 # -- connect-trials ---------------------------------------------------------------------------
@@ -220,7 +227,7 @@ def run_connect_trials_tracked(workload: Workload, seed: int, env: BenchEnv) -> 
 
 
 def _connect_trials(workload: Workload, seed: int, env: BenchEnv, tracking: bool) -> RunResult:
-    from hyperopt import fmin, tpe
+    from hyperopt import tpe
 
     from connect_trials import ConnectTrials
 
@@ -236,15 +243,7 @@ def _connect_trials(workload: Workload, seed: int, env: BenchEnv, tracking: bool
             trials = ConnectTrials(
                 parallelism=workload.parallelism, spark_session=spark, mlflow_tracking=tracking
             )
-            fmin(
-                objective,
-                workload.hyperopt_space(),
-                algo=timer.algo,
-                max_evals=workload.n_trials,
-                trials=trials,
-                rstate=np.random.default_rng(seed),
-                show_progressbar=False,
-            )
+            _hyperopt_fmin(workload, seed, objective, timer, trials)
     probe.fill(result)
     if tracking:
         result.extras["tracking_store"] = "mlflow server (HTTP)" if env.mlflow_server_uri else "sqlite"
@@ -414,7 +413,7 @@ class _CommandBytes:
 
 def run_spark_trials_here(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
     """hyperopt 0.3.0 ``SparkTrials`` on ``env.spark``, a classic session in this process."""
-    from hyperopt import SparkTrials, fmin, tpe
+    from hyperopt import SparkTrials, tpe
 
     command_bytes = env.command_bytes
     objective = workload.objective()
@@ -425,15 +424,7 @@ def run_spark_trials_here(workload: Workload, seed: int, env: BenchEnv) -> RunRe
     before = command_bytes.total
     with Probe(None) as probe:
         trials = SparkTrials(parallelism=workload.parallelism, spark_session=env.spark)
-        fmin(
-            objective,
-            workload.hyperopt_space(),
-            algo=timer.algo,
-            max_evals=workload.n_trials,
-            trials=trials,
-            rstate=np.random.default_rng(seed),
-            show_progressbar=False,
-        )
+        _hyperopt_fmin(workload, seed, objective, timer, trials)
     probe.fill(result)
     result.bytes_sent = command_bytes.total - before
     result.suggest_spans_s = timer.spans_from(probe.t0)
