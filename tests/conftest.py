@@ -30,11 +30,16 @@ def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCo
 
 @pytest.fixture(scope="session")
 def spark(connect_server: LocalConnectServer):  # type: ignore[no-untyped-def]
+    yield from warm_session(connect_server.url)
+
+
+def warm_session(url: str):  # type: ignore[no-untyped-def]
+    """A new session on ``url``, warmed up, stopped after the suite."""
     from pyspark.sql import SparkSession
 
     # create(), not getOrCreate(): the latter returns whatever session is active in this
     # thread, such as the cluster's when a cluster test ran first.
-    session = SparkSession.builder.remote(connect_server.url).create()
+    session = SparkSession.builder.remote(url).create()
     warm_up(session)
     try:
         yield session
@@ -141,11 +146,4 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture(scope="session")
 def cluster_spark(cluster: LocalCluster):  # type: ignore[no-untyped-def]
-    from pyspark.sql import SparkSession
-
-    session = SparkSession.builder.remote(cluster.url).create()
-    warm_up(session)
-    try:
-        yield session
-    finally:
-        session.stop()
+    yield from warm_session(cluster.url)
