@@ -7,6 +7,8 @@ briefly paused server still accepts connections (the kernel does, for a stopped 
 dead one refuses them. Only after ``SERVER_GONE_AFTER_S`` of refusals is the server declared
 gone; then fmin fails with ``ClusterUnavailableError`` and the dead session, which nobody can
 use any more, gets a retry policy that gives up in seconds so that the process can exit.
+Retry loops already asleep in a back-off (up to a minute each by default) are woken too: the
+watchdog makes the session's back-offs wait on an event that the server's death sets.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ _PROBE_EVERY_S = 1.0
 _PROBE_TIMEOUT_S = 2.0
 
 # The policy of a session whose server is gone: 5 retries, 0.1 s doubling to at most 1 s
-# (about 2.5 s in all), so that what still talks to it (the release of the session at exit)
-# gives up at once instead of hanging the process.
+# (about 2.5 s in all, none where the back-offs are woken), so that what still talks to it
+# (the release of the session at exit) gives up at once instead of hanging the process.
 _RETRIES, _INITIAL_BACKOFF_MS, _MAX_BACKOFF_MS = 5, 100, 1000
 
 # Error conditions of the Connect client that say the session or its server is gone.
@@ -183,10 +185,43 @@ def _refusal(address: tuple[str, int]) -> str | None:
         return str(exc) or type(exc).__name__
 
 
+# The event, on a Connect client, that ends the back-offs of its retry loops.
+_BACKOFF_ENDS = "_connect_trials_backoff_ends"
+
+
+def wakeable_backoffs(spark: Any) -> None:
+    """Let :func:`give_up_quickly` wake the session's retry loops from their back-off.
+
+    pyspark sleeps between attempts with ``time.sleep``, up to a minute per attempt: a call that
+    went to sleep before the server was declared gone would sleep on, and pyspark's release of
+    an interrupted execution runs in a thread that the interpreter joins at exit. Here each of
+    the client's retry loops sleeps on an event instead, which times out like the sleep until
+    the server is declared gone. Nothing else changes for other users of the session.
+    Idempotent; a client without these internals is left as it is."""
+    if session_kind(spark) != CONNECT:
+        return
+    client = spark.client
+    if getattr(client, _BACKOFF_ENDS, None) is not None:
+        return
+    make_retrying = getattr(client, "_retrying", None)
+    if make_retrying is None or not hasattr(make_retrying(), "_sleep"):
+        return
+    ends = threading.Event()
+
+    def retrying() -> Any:
+        loop = make_retrying()
+        loop._sleep = ends.wait  # wait(seconds) sleeps as long as time.sleep(seconds), unless set
+        return loop
+
+    client._retrying = retrying  # read per call, and by the reattaching iterators it makes
+    setattr(client, _BACKOFF_ENDS, ends)
+
+
 def give_up_quickly(spark: Any) -> None:
     """Bound the retries of a session whose server is gone: nobody can use it any more, and
     what still talks to it (a call already retrying, pyspark's release of the session at
-    exit) must not hang. Calls already in their retry loop stop at their next attempt."""
+    exit) must not hang. Calls already in their retry loop stop at their next attempt, which
+    comes at once where :func:`wakeable_backoffs` was called."""
     if session_kind(spark) != CONNECT:
         return
     from pyspark.sql.connect.client.retries import DefaultPolicy
@@ -195,6 +230,9 @@ def give_up_quickly(spark: Any) -> None:
     for policy in client.get_retry_policies():
         policy.max_retries = 0  # read by in-flight retry loops at their next attempt
     client.set_retry_policies([_bounded_policy(DefaultPolicy)])
+    ends = getattr(client, _BACKOFF_ENDS, None)
+    if ends is not None:
+        ends.set()
 
 
 def _bounded_policy(policy_class: Any) -> Any:

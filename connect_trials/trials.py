@@ -38,7 +38,13 @@ from connect_trials.scheduler import (
     TrialScheduler,
     argument_of,
 )
-from connect_trials.session import ServerWatchdog, give_up_quickly, server_address, session_kind
+from connect_trials.session import (
+    ServerWatchdog,
+    give_up_quickly,
+    server_address,
+    session_kind,
+    wakeable_backoffs,
+)
 from connect_trials.tracking import FminSettings, FminTracker, create_tracker
 
 logger = logging.getLogger("connect_trials")
@@ -343,6 +349,8 @@ class ConnectTrials(Trials):
         address = None if self.debug else server_address(spark)
         error: BaseException | None = None
         try:
+            if address:
+                wakeable_backoffs(spark)
             watchdog = ServerWatchdog(address, server_gone) if address else None
             with watchdog or contextlib.nullcontext():
                 self._start_and_run(

@@ -111,3 +111,58 @@ def test_a_session_declared_dead_ends_the_retry_loops_already_under_way():
     except Unavailable:
         pass
     assert len(sleeps) == 1  # not the 15 retries of the default policy
+
+
+def test_a_call_asleep_in_a_minute_long_back_off_wakes_when_the_server_is_declared_gone():
+    """The CI run that hung: a retry loop (pyspark's release of an interrupted execution, in a
+    thread the interpreter joins at exit) had gone to sleep for a 51 s back-off before the
+    watchdog spoke. A real Connect client, aimed at a port where nothing listens."""
+    import socket
+    import threading
+
+    from pyspark.sql import SparkSession
+    from pyspark.sql.connect.client.retries import DefaultPolicy
+
+    from connect_trials.session import give_up_quickly, wakeable_backoffs
+
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    spark = SparkSession.builder.remote(f"sc://127.0.0.1:{port}").create()
+    client = spark.client
+    client.set_retry_policies([DefaultPolicy(initial_backoff=60_000, jitter=0)])
+    wakeable_backoffs(spark)
+    wakeable_backoffs(spark)  # a second fmin on the session changes nothing
+
+    asleep = threading.Event()
+    make_retrying = client._retrying
+
+    def watched_retrying():
+        loop = make_retrying()
+        backoff = loop._sleep
+
+        def sleep(seconds):
+            asleep.set()
+            backoff(seconds)
+
+        loop._sleep = sleep
+        return loop
+
+    client._retrying = watched_retrying
+    failed: list[BaseException] = []
+
+    def call():
+        try:
+            spark.range(1).collect()
+        except BaseException as exc:
+            failed.append(exc)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    try:
+        assert asleep.wait(30), "the call never reached its back-off"
+        give_up_quickly(spark)
+        caller.join(15)  # the back-off alone is 60 s
+        assert not caller.is_alive(), "the call slept on after the server was declared gone"
+        assert failed, "a call to a server that is not there must fail"
+    finally:
+        spark.client.close()
