@@ -98,7 +98,9 @@ def trial_docs_from_runs(trials: Any, runs: Iterable[Any]) -> list[dict[str, Any
 
 def end_orphaned_runs(runs: Iterable[Any], tracking_uri: str | None = None) -> None:
     """Child runs still RUNNING because their client died: a trial's ends KILLED, tagged
-    cancelled; one made ahead that no trial took is deleted, as the tracker would have."""
+    cancelled; one made ahead that no trial took is deleted, as the tracker would have. A trial
+    that had run for less than a second is not tagged yet (mlflow_tracker): its run counts as
+    taken when its objective logged to it."""
     from mlflow import MlflowClient
 
     from connect_trials.tracking.parent_run import PENDING_RUN_NAME
@@ -107,7 +109,8 @@ def end_orphaned_runs(runs: Iterable[Any], tracking_uri: str | None = None) -> N
     for run in runs:
         if run.info.status != "RUNNING":
             continue
-        if run.info.run_name == PENDING_RUN_NAME and TID_TAG not in run.data.tags:
+        taken = TID_TAG in run.data.tags or run.data.params or run.data.metrics  # the objective logged
+        if run.info.run_name == PENDING_RUN_NAME and not taken:
             client.set_terminated(run.info.run_id, "KILLED")
             client.delete_run(run.info.run_id)
         else:

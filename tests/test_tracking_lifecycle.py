@@ -333,3 +333,104 @@ def test_a_tracking_server_gone_at_the_end_gets_one_warning_listing_the_runs_lef
     still_running = {r.info.run_id for r in every_run(tracking_server) if r.info.status == "RUNNING"}
     assert set(run_ids) <= still_running
     assert {run_id for run_id in still_running if run_id in warnings[0]} == still_running
+
+
+# -- a trial's name: at its end when it is short, while it runs when it is not ----------------------
+def test_a_short_trial_is_named_and_tagged_with_its_outcome_in_one_request_fewer(
+    tracking_server: Tracking,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from connect_trials.tracking.mlflow_runs import MlflowRuns
+
+    named_early: list[str] = []
+    start_trial = MlflowRuns.start_trial
+    monkeypatch.setattr(
+        MlflowRuns,
+        "start_trial",
+        lambda self, run_id, *a: (named_early.append(run_id), start_trial(self, run_id, *a)),
+    )
+    tracker = MlflowTracker()
+    tracker.name_running_trial_after_s = 3600.0  # every trial here is short
+    tracker.fmin_started(fmin_settings(parallelism=1))
+    trial = trial_doc(0)
+    run_id = tracker.trial_started(trial, {"x": 0.5})["MLFLOW_RUN_ID"]
+    tracker.trial_finished(finish(trial, 0.25), 0.25)
+    tracker.fmin_finished(TrialCounts([trial]), None)
+    assert named_early == []
+    run = by_id(tracking_server)[run_id]
+    assert (run.info.run_name, run.info.status, run.data.tags["trial_tid"]) == ("trial-0", "FINISHED", "0")
+    naming = tracker._naming._thread  # closed with fmin: its pending call is dropped
+    assert naming is not None
+    naming.join(30)
+    assert not naming.is_alive()
+
+
+def test_a_trial_that_runs_on_shows_its_name_and_tid_while_it_runs(
+    tracking_server: Tracking,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from connect_trials.tracking.mlflow_runs import MlflowRuns
+
+    named = threading.Event()
+    start_trial = MlflowRuns.start_trial
+
+    def start_and_say(self: MlflowRuns, *args: Any) -> None:
+        start_trial(self, *args)
+        named.set()
+
+    monkeypatch.setattr(MlflowRuns, "start_trial", start_and_say)
+    tracker = MlflowTracker()
+    tracker.name_running_trial_after_s = 0.0  # every trial here has run long enough
+    tracker.fmin_started(fmin_settings(parallelism=1))
+    trial = trial_doc(0)
+    run_id = tracker.trial_started(trial, {"x": 0.5})["MLFLOW_RUN_ID"]
+    assert named.wait(30)
+    running = by_id(tracking_server)[run_id]
+    assert (running.info.run_name, running.info.status, running.data.tags["trial_tid"]) == (
+        "trial-0",
+        "RUNNING",
+        "0",
+    )
+    tracker.trial_finished(finish(trial, 0.25), 0.25)
+    tracker.fmin_finished(TrialCounts([trial]), None)
+    assert by_id(tracking_server)[run_id].info.status == "FINISHED"
+
+
+def test_timers_call_in_due_order_and_drop_what_is_still_waiting_when_closed() -> None:
+    from connect_trials.tracking.call_thread import Timers
+
+    timers = Timers("test-timers")
+    calls: list[str] = []
+    both = threading.Event()
+    timers.call_later(3600.0, calls.append, "never")
+    timers.call_later(0.05, lambda: (calls.append("second"), both.set()))
+    timers.call_later(0.0, calls.append, "first")
+    assert both.wait(30)
+    timers.close()
+    timers._thread.join(30)  # type: ignore[union-attr]
+    assert not timers._thread.is_alive()  # type: ignore[union-attr]
+    assert calls == ["first", "second"]
+    timers.call_later(0.0, calls.append, "after close")  # dropped
+    assert calls == ["first", "second"]
+
+
+def test_resume_keeps_an_untagged_run_its_objective_logged_to_and_deletes_one_nobody_took(
+    tracking_server: Tracking,  # noqa: F811
+) -> None:
+    """A client that died less than a second into a trial left its run named trial-pending,
+    without a tid tag: what the objective logged there is kept (KILLED), not deleted."""
+    from connect_trials.resume import end_orphaned_runs
+    from connect_trials.tracking.parent_run import PENDING_RUN_NAME
+
+    client = mlflow.MlflowClient(tracking_server.uri)
+    logged = client.create_run(tracking_server.experiment_id, run_name=PENDING_RUN_NAME).info.run_id
+    client.log_metric(logged, "epoch_loss", 0.5, step=0)
+    untouched = client.create_run(tracking_server.experiment_id, run_name=PENDING_RUN_NAME).info.run_id
+    end_orphaned_runs([client.get_run(logged), client.get_run(untouched)], tracking_server.uri)
+    kept, dropped = client.get_run(logged), client.get_run(untouched)
+    assert (kept.info.status, kept.info.lifecycle_stage, kept.data.tags["trial_status"]) == (
+        "KILLED",
+        "active",
+        "cancelled",
+    )
+    assert (dropped.info.status, dropped.info.lifecycle_stage) == ("KILLED", "deleted")

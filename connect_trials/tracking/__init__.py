@@ -11,7 +11,7 @@ tracking records, under the same names, so existing dashboards and queries keep 
       metrics  successful_trials_count, failed_trials_count, cancelled_trials_count,
                total_trials_count, best_trial_loss (logged at each improvement, with the
                number of finished trials as its step)
-    child run per trial ("trial-<tid>"; "trial-pending" until its trial ends)
+    child run per trial ("trial-<tid>"; "trial-pending" until its trial has run 1 s, or ends)
       tags     mlflow.parentRunId, fmin_uuid, runSource, trial_status (success / failure /
                cancelled), attempts (Spark task attempts, when the engine reports them);
                failures also error_type, error_message and the artifact error_traceback.txt
@@ -31,9 +31,10 @@ per fmin) and :meth:`FminTracker.trial_started` (``MLFLOW_RUN_ID``, the trial's 
 
 Child runs are created ahead of the trials that take them, so that starting a trial never
 waits for MLflow: a child's start time is when it was created (the first wave's at fmin's
-start, later ones at most a few submissions early), and it gets its name with its outcome
-(one request fewer per trial). Runs created ahead that no trial took are ended KILLED and
-deleted: they are not trials.
+start, later ones at most a few submissions early). A trial that runs for more than a second
+gets its name and its ``trial_tid`` tag then; a shorter one gets them with its outcome (one
+request fewer per trial: each costs the tracking server 15-25 ms of CPU). Runs created ahead
+that no trial took are ended KILLED and deleted: they are not trials.
 
 Tracking never fails an fmin: MLflow trouble is a warning, and every run fmin created ends
 FINISHED, FAILED or KILLED, unless the tracking server is unreachable when fmin ends; then
