@@ -279,10 +279,11 @@ def _targets(checks: list[TargetCheck]) -> list[str]:
 
 def _notes(suite: SuiteResult) -> list[str]:
     notes = [
-        f"† {w.key}: {', '.join(s for s in w.once if s in w.systems)} ran once, the others {w.repeats} "
-        f"times: {w.once_why or 'for time'}"
+        f"† {w.key}: {', '.join(s for s in w.once if s in w.systems)} ran once"
+        + (f", {w.once_trials} trials" if w.once_trials else "")
+        + f", the others {w.repeats} times: {w.once_why or 'for time'}"
         for w in suite.plan
-        if w.repeats > 1 and any(s in w.systems for s in w.once)
+        if (w.repeats > 1 or w.once_trials) and any(s in w.systems for s in w.once)
     ]
     notes += [f"‡ {n}" if "budget" in n else n for n in suite.notes]
     notes += [f"{system} did not run: {why}" for system, why in suite.unavailable.items()]

@@ -227,7 +227,7 @@ def _run_repeat(
                 continue
             warmed.add(warm_key)
         try:
-            result = RUNNERS[system](workload, seed, env)
+            result = RUNNERS[system](workload.for_system(system), seed, env)
         except SystemUnavailableError as exc:
             suite.unavailable[system] = str(exc)
             log(f"{system}: unavailable: {exc}")
@@ -253,7 +253,7 @@ def _run_repeat(
         seconds[(workload.key, system)] = time.time() - began
         log(
             f"[{time.time() - started:6.0f} s] {workload.key:<14} seed {seed} {system:<24} "
-            f"wall {result.wall_s:7.2f} s, {result.n_ok}/{workload.n_trials} ok"
+            f"wall {result.wall_s:7.2f} s, {result.n_ok}/{result.n_trials} ok"
         )
 
 

@@ -62,6 +62,7 @@ class Workload:
     repeats: int = 1  # runs, each with its own seed; the table shows the median (min-max)
     once: tuple[str, ...] = ()  # systems that run only the first repeat (slow references)
     once_why: str = ""  # why they do (shown in the table)
+    once_trials: int = 0  # trials of a run of the `once` systems when fewer than n_trials (once_why says why)
     server: str = "main"  # "main" (local[2]), "cluster" (LocalCluster) or "local-wide" (local[p])
     sleep_s: float = 0.0
     payload_bytes: int = 0
@@ -76,6 +77,12 @@ class Workload:
     def ideal_wall_s(self) -> float:
         """Wall time with zero overhead: the trials' own work spread over the slots."""
         return self.n_trials * self.sleep_s / self.parallelism
+
+    def for_system(self, system: str) -> Workload:
+        """What ``system`` runs: fewer trials for a slow reference, when ``once_trials`` says so."""
+        if system in self.once and 0 < self.once_trials < self.n_trials:
+            return replace(self, n_trials=self.once_trials)
+        return self
 
     def objective(self) -> objectives.Objective:
         """A fresh objective (for payload: one that captures a fresh array)."""
@@ -128,13 +135,23 @@ PEER_TIME_LIMIT_S = 150.0
 POLL_BOUND = "fmin's 1-s poll makes it ~1 s a trial whatever the trial: more repeats would not fit the budget"
 
 
+# MlflowSparkStudy completes a few trials a second at most here, and fewer as its study
+# grows (each task re-reads the whole study from MLflow for every trial): one run per
+# workload, and fewer trials where a full run would take minutes.
+MLFLOW_OPTUNA_WHY = (
+    "MlflowSparkStudy: ~3 s a trial here, growing with the study (each task re-reads it from MLflow "
+    "for every trial); more repeats would not fit the budget"
+)
+
+
 def full_plan() -> list[Workload]:
     """``python -m benchmarks``: the issue's workloads, in about 23 minutes on 2 cores.
 
     Every system runs every repeat unless the workload's ``once_why`` says why not (SparkTrials
-    and Ray Tune complete about one trial a second whatever the trial, so a repeat of theirs
-    costs what the other systems' three do). ``wide`` runs on a ``LocalCluster`` of 2 workers
-    with 16 logical cores each (SparkTrials, which needs a classic session, on local[32]).
+    and Ray Tune complete about one trial a second whatever the trial, MlflowSparkStudy about
+    one in three, so a repeat of theirs costs what the other systems' three do). ``wide`` runs
+    on a ``LocalCluster`` of 2 workers with 16 logical cores each (SparkTrials, which needs a
+    classic session, on local[32]).
     """
     searchers = (IN_PROCESS, SPARK_TRIALS, MLFLOW_OPTUNA, CONNECT_TRIALS, CONNECT_TRIALS_TRACKED, RAY_TUNE)
     return [
@@ -146,8 +163,8 @@ def full_plan() -> list[Workload]:
             parallelism=2,
             repeats=3,
             systems=(FLOOR_RAW, *searchers),
-            once=(RAY_TUNE,),
-            once_why="Ray Tune: ~1 min a run (~1.7 s a trial) here; more repeats would not fit the budget",
+            once=(RAY_TUNE, MLFLOW_OPTUNA),
+            once_why="Ray Tune: ~1 min a run (~1.7 s a trial) here; " + MLFLOW_OPTUNA_WHY,
         ),
         Workload(
             "overhead",
@@ -155,7 +172,8 @@ def full_plan() -> list[Workload]:
             parallelism=4,
             variant="p4",
             repeats=3,
-            systems=(FLOOR_RAW, SPARK_TRIALS, MLFLOW_OPTUNA, CONNECT_TRIALS),
+            # MlflowSparkStudy: its p2 run shows its cost per trial; at p4 one run took over 150 s.
+            systems=(FLOOR_RAW, SPARK_TRIALS, CONNECT_TRIALS),
             once=(SPARK_TRIALS,),
             once_why=POLL_BOUND,
         ),
@@ -169,12 +187,14 @@ def full_plan() -> list[Workload]:
             # SparkTrials (~1 s a trial) and Ray Tune were cut here for time: the overhead
             # workloads already show what their polling costs.
             systems=(IN_PROCESS, MLFLOW_OPTUNA, CONNECT_TRIALS),
+            once=(MLFLOW_OPTUNA,),
+            once_why=MLFLOW_OPTUNA_WHY,
         ),
         Workload(
             "scale",
             n_trials=200,
             parallelism=4,
-            repeats=3,
+            repeats=2,
             systems=(IN_PROCESS, CONNECT_TRIALS, CONNECT_TRIALS_TRACKED),
         ),
         Workload(
@@ -182,10 +202,11 @@ def full_plan() -> list[Workload]:
             n_trials=100,
             parallelism=4,
             variant="100",
-            repeats=3,
+            repeats=2,
             systems=(MLFLOW_OPTUNA, CONNECT_TRIALS),
             once=(MLFLOW_OPTUNA,),
-            once_why="MlflowSparkStudy ~1.5 min a run here (its time per trial grows with the study)",
+            once_trials=40,
+            once_why=MLFLOW_OPTUNA_WHY + " (100 trials took over 150 s)",
         ),
         *payload_set(small_trials=8, large_trials=64, repeats=3),
     ]
@@ -245,6 +266,9 @@ def first_trial(repeats: int, systems: tuple[str, ...] | None = None) -> Workloa
     )
 
 
+PEERS_AT_P16 = (MLFLOW_OPTUNA, SPARK_TRIALS)
+
+
 def wide(
     parallelisms: tuple[int, ...],
     trials_per_slot: int,
@@ -254,9 +278,8 @@ def wide(
 ) -> list[Workload]:
     """N x 1-s sleeping trials at high parallelism (Ray Tune's bookkeeping release test, scaled
     down). ``cluster``: on a standalone LocalCluster, else on local[p]. ``peers``: SparkTrials
-    (p16 only: it completes ~1 trial a second, ~2 minutes a run at p16 here) and
-    MlflowSparkStudy (each of its tasks re-reads the whole study from MLflow for every trial:
-    minutes a run here, so it gets one run, cut at ``PEER_TIME_LIMIT_S``)."""
+    (it completes ~1 trial a second) and MlflowSparkStudy (each of its tasks re-reads the whole
+    study from MLflow for every trial): one run of two trials per slot each, at p16 only."""
     return [
         Workload(
             "wide",
@@ -265,13 +288,12 @@ def wide(
             variant=f"p{p}",
             repeats=repeats,
             sleep_s=1.0,
-            # SparkTrials completes ~1 trial a second: at p32 one run would take ~4 minutes.
-            systems=(FLOOR_RAW, CONNECT_TRIALS)
-            + ((MLFLOW_OPTUNA,) if peers else ())
-            + ((SPARK_TRIALS,) if peers and p <= 16 else ()),
+            systems=(FLOOR_RAW, CONNECT_TRIALS) + (PEERS_AT_P16 if peers and p == 16 else ()),
             once=(SPARK_TRIALS, MLFLOW_OPTUNA),
+            once_trials=2 * p,
             once_why="SparkTrials ~1 s a trial (fmin's poll); MlflowSparkStudy's tasks re-read the whole "
-            "study for every trial (minutes a run at p16 here)",
+            f"study for every trial ({trials_per_slot * p} trials took over 150 s at p16 here). Both: "
+            f"{2 * p} trials, one run, at p16 only",
             server="cluster" if cluster else "local-wide",
         )
         for p in parallelisms
@@ -287,16 +309,17 @@ def payload_set(
 ) -> list[Workload]:
     """A large capture at ``small_trials`` and ``large_trials`` trials (bytes per trial must
     fall as trials grow), and a tiny one at ``small_trials`` (trial time must not grow with the
-    capture). The many-trial run is for the systems that ship the objective once per search:
-    a bare job or SparkTrials would send the capture with each of its jobs."""
+    capture). The many-trial run is for connect-trials, which ships the objective once per search:
+    a bare job or SparkTrials would send the capture with each of its jobs, and
+    MlflowSparkStudy's 64 trials would take minutes here."""
     large = Workload(
         "payload",
         n_trials=small_trials,
         parallelism=2,
         repeats=repeats,
         systems=systems,
-        once=(SPARK_TRIALS,),
-        once_why=POLL_BOUND,
+        once=(SPARK_TRIALS, MLFLOW_OPTUNA),
+        once_why=POLL_BOUND + "; " + MLFLOW_OPTUNA_WHY,
         payload_bytes=large_bytes,
         variant=f"{_size_label(large_bytes)}x{small_trials}",
     )
@@ -305,7 +328,7 @@ def payload_set(
         replace(
             large,
             n_trials=large_trials,
-            systems=tuple(s for s in systems if s in (MLFLOW_OPTUNA, CONNECT_TRIALS)),
+            systems=tuple(s for s in systems if s == CONNECT_TRIALS),
             variant=f"{_size_label(large_bytes)}x{large_trials}",
         ),
         replace(
