@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from pyspark import cloudpickle
 
-from connect_trials import local_code, worker
+from connect_trials import compat, local_code, worker
 from connect_trials.errors import one_line
 from connect_trials.session import (
     CONNECT,
@@ -63,6 +63,7 @@ class OutcomeKind(enum.Enum):
     RAISED = "raised"  # the objective raised; error_text holds the remote traceback
     CANCELLED = "cancelled"  # the job was interrupted through its tag, or never submitted
     FAILED = "failed"  # the job failed around the objective (worker died, bad pickle, ...)
+    MISMATCH = "mismatch"  # the worker cannot run this client's pickles; error_text says why
     UNAVAILABLE = "unavailable"  # the Spark Connect server cannot be reached
 
 
@@ -253,7 +254,8 @@ def build_trial_job(
     source: Any, objective: bytes | str, request: TrialRequest, resource_profile: Any = None
 ) -> Any:
     """The DataFrame whose collection runs one trial, over :func:`trial_source`'s DataFrame."""
-    task = worker.trial_task(objective, request.argument_blob, request.environ)
+    mine = compat.client_versions()
+    task = worker.trial_task(objective, request.argument_blob, request.environ, (mine.python, mine.pyspark))
     if resource_profile is not None:
         return source.mapInPandas(task, result_struct(), profile=resource_profile)
     return source.mapInPandas(task, result_struct())
@@ -269,6 +271,11 @@ def decode_row(tid: int, row: Any) -> TrialOutcome:
         "relayed": row["relayed"],
     }
     status = row["status"]
+    if status == worker.STATUS_MISMATCH:
+        python, pyspark = row["error_text"].split()
+        reason = compat.mismatch(compat.client_versions(), compat.Versions(python, pyspark))
+        reason = reason or f"the Spark workers run Python {python} with pyspark {pyspark}"
+        return TrialOutcome(tid, OutcomeKind.MISMATCH, error_text=reason, **stamps)
     if status == worker.STATUS_RETURNED:
         try:
             value = cloudpickle.loads(row["value"])
@@ -394,6 +401,8 @@ class SparkJobExecutor:
             kind = OutcomeKind.CANCELLED
         elif is_unavailable(exc):
             kind = OutcomeKind.UNAVAILABLE
+        elif (refused := compat.refused_by_pyspark(text)) is not None:
+            return TrialOutcome(tid, OutcomeKind.MISMATCH, error_type=str(type(exc)), error_text=refused)
         else:
             kind = OutcomeKind.FAILED
             if is_python_worker_crash(text) or worker.TrialRetriedError.__name__ in text:

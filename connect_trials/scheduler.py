@@ -29,6 +29,7 @@ from hyperopt.utils import coarse_utcnow
 from pyspark import cloudpickle
 
 from connect_trials import job
+from connect_trials.compat import ClusterMismatchError
 from connect_trials.errors import ClusterUnavailableError, last_line, one_line
 from connect_trials.job import OutcomeKind
 from connect_trials.progress import TrialProgress
@@ -264,6 +265,11 @@ class TrialScheduler:
                 "the Spark Connect server stopped answering during fmin "
                 f"(trial {outcome.tid}); every finished trial is kept in the trials object. "
                 f"Last error: {last_line(outcome.error_text)}"
+            )
+        if outcome.kind == OutcomeKind.MISMATCH:
+            self._finish_cancelled(trial, outcome)  # its objective never ran
+            raise ClusterMismatchError(
+                outcome.error_text or "the Spark workers cannot run this client's objectives"
             )
         if outcome.kind == OutcomeKind.CANCELLED:
             self._finish_cancelled(trial, outcome)

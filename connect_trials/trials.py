@@ -28,7 +28,7 @@ import numpy as np
 from hyperopt import base, tpe
 from hyperopt.base import Trials
 
-from connect_trials import cluster, compat, job, resume
+from connect_trials import cluster, job, resume
 from connect_trials.errors import ClusterUnavailableError
 from connect_trials.inline import DEBUG_ENV, InlineExecutor, debug_requested
 from connect_trials.progress import progress_callback_for, trial_progress
@@ -387,10 +387,8 @@ class ConnectTrials(Trials):
         server_gone: _ServerGoneRelay,
         trials_save_file: str,
     ) -> None:
-        """Check the cluster, open the tracking, ship the objective (after the tracking: its
-        environment travels with it), run the trials."""
-        if not self.debug:
-            compat.check_cluster(self._spark)  # once per session, before any trial
+        """Open the tracking, ship the objective (after the tracking: its environment travels
+        with it), run the trials (each checks that the worker can run this client's pickles)."""
         tracker.fmin_started(settings)
         # The fmin's worker environment (credentials included) travels once, inside the
         # objective's artifact, never inside a job's plan; trackers without it send none.

@@ -47,6 +47,7 @@ RESULT_SCHEMA = (
 STATUS_RETURNED = "returned"
 STATUS_RAISED = "raised"
 STATUS_REFUSED = "refused"
+STATUS_MISMATCH = "mismatch"  # the client's Python or pyspark cannot pickle for this worker
 
 # What a trial keeps of its output: the last 64 KiB, as ``trial["misc"]["output"]``.
 OUTPUT_TAIL_BYTES = 64 * 1024
@@ -67,18 +68,23 @@ class TrialRetriedError(RuntimeError):
 
 
 def trial_task(
-    objective: bytes | str, argument_blob: bytes, environ: dict[str, str]
+    objective: bytes | str,
+    argument_blob: bytes,
+    environ: dict[str, str],
+    client_versions: tuple[str, str] | None = None,
 ) -> Callable[[Iterable[Any]], Iterator[Any]]:
     """The ``mapInPandas`` function of one trial: runs the objective, yields one row.
 
     ``objective`` is the fmin's payload (see :func:`objective_payload`) itself, or the name
     of the session artifact that holds it (shipped once per fmin, see
-    ``job.ship_objective``). ``environ`` holds the trial's own, non-secret variables."""
+    ``job.ship_objective``). ``environ`` holds the trial's own, non-secret variables.
+    ``client_versions``: the client's Python and pyspark versions, checked before the
+    objective is unpickled (see :func:`run_trial`)."""
 
     def run(batches: Iterable[Any]) -> Iterator[Any]:
         for _ in batches:  # one empty-ish input row; consume it so Spark sees the input done
             pass
-        row = run_trial(objective, argument_blob, environ)
+        row = run_trial(objective, argument_blob, environ, client_versions=client_versions)
         if row["status"] == STATUS_REFUSED:
             raise TrialRetriedError(row["error_text"])
         yield _result_frame(**row)
@@ -93,12 +99,20 @@ def objective_payload(objective_blob: bytes, fmin_environ: dict[str, str]) -> by
 
 
 def run_trial(
-    objective_ref: bytes | str, argument_blob: bytes, environ: dict[str, str], *, in_client: bool = False
+    objective_ref: bytes | str,
+    argument_blob: bytes,
+    environ: dict[str, str],
+    *,
+    in_client: bool = False,
+    client_versions: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Call the objective and describe what happened, never raising.
 
     ``in_client``: the trial runs in the user's own process (debug mode), whose terminal and
-    debugger must keep seeing what the objective prints."""
+    debugger must keep seeing what the objective prints. ``client_versions`` (Python,
+    pyspark): a worker whose Python major.minor or pyspark major differs does not unpickle
+    the objective, and answers ``STATUS_MISMATCH`` with its own versions in ``error_text``.
+    The check rides in every trial's job, so no job of its own is needed."""
     started_at = time.time()
     attempt = _task_attempt()
     row: dict[str, Any] = {
@@ -111,7 +125,10 @@ def run_trial(
         "warnings": [],
         "relayed": None,
     }
-    if attempt >= MAX_OBJECTIVE_ATTEMPTS:
+    mine = _versions()
+    if client_versions is not None and _incompatible(client_versions, mine):
+        row.update(status=STATUS_MISMATCH, error_text=" ".join(mine))
+    elif attempt >= MAX_OBJECTIVE_ATTEMPTS:
         row.update(
             status=STATUS_REFUSED,
             error_type=str(TrialRetriedError),
@@ -544,6 +561,22 @@ def _dumps(value: Any) -> bytes:
             f"the objective returned a value of type {type(value).__name__} that cannot be "
             f"pickled to send it back to the client: {exc}"
         ) from exc
+
+
+def _versions() -> tuple[str, str]:
+    """This Python's major.minor.micro and pyspark's version."""
+    import pyspark
+
+    return ".".join(map(str, sys.version_info[:3])), pyspark.__version__
+
+
+def _incompatible(client: tuple[str, str], worker: tuple[str, str]) -> bool:
+    """Objectives pickled under ``client`` cannot load under ``worker``: another Python
+    major.minor or pyspark major (``compat.mismatch`` says why, on the client)."""
+    return (
+        client[0].split(".")[:2] != worker[0].split(".")[:2]
+        or client[1].split(".")[0] != worker[1].split(".")[0]
+    )
 
 
 def _task_attempt() -> int:

@@ -51,12 +51,15 @@ def warm_up(session) -> None:  # type: ignore[no-untyped-def]
     """Start the session's Python workers once, here, rather than in a test with a timeout:
     the first Python job of a session starts them (5-8 s), and so does the first job after a
     new pyfile artifact, which the first fmin adds (the suite's own modules, see
-    local_code.py). All test modules are imported by now, so that artifact stays the same.
-    The version check's probe (once per session) is that first job."""
-    from connect_trials import compat, local_code
+    local_code.py). All test modules are imported by now, so that artifact stays the same."""
+    from connect_trials import local_code
 
     local_code.ship_local_code(session)
-    compat.check_cluster(session)  # the version probe, once per session: a job of its own
+    session.range(0, 1, 1, 1).mapInPandas(_first_python_job, "id long").collect()
+
+
+def _first_python_job(batches):  # type: ignore[no-untyped-def]
+    yield from batches
 
 
 @contextlib.contextmanager
