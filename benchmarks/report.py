@@ -285,6 +285,7 @@ def _notes(suite: SuiteResult) -> list[str]:
         for w in suite.plan
         if (w.repeats > 1 or w.once_trials) and any(s in w.systems for s in w.once)
     ]
+    notes += [f"{w.key}: left out: {w.left_out}" for w in suite.plan if w.left_out]
     notes += [f"‡ {n}" if "budget" in n else n for n in suite.notes]
     notes += [f"{system} did not run: {why}" for system, why in suite.unavailable.items()]
     notes += [
