@@ -54,12 +54,11 @@ def warm_up(session) -> None:  # type: ignore[no-untyped-def]
     local_code.py). All test modules are imported by now, so that artifact stays the same."""
     from connect_trials import local_code
 
+    def first_python_job(batches):  # type: ignore[no-untyped-def]
+        yield from batches  # nested, so pickled by value: hidden workers cannot import this module
+
     local_code.ship_local_code(session)
-    session.range(0, 1, 1, 1).mapInPandas(_first_python_job, "id long").collect()
-
-
-def _first_python_job(batches):  # type: ignore[no-untyped-def]
-    yield from batches
+    session.range(0, 1, 1, 1).mapInPandas(first_python_job, "id long").collect()
 
 
 @contextlib.contextmanager
