@@ -106,8 +106,9 @@ def _cell(system: str, workload: Workload, runs: list[RunResult]) -> Cell:
         "first_trial_s": [r.completed_at_s[0] for r in runs if r.completed_at_s],
     }
     if workload.sleep_s > 0:
+        # A slow reference may run fewer trials (Workload.once_trials): its own ideal.
         per_run["efficiency"] = [
-            r.n_trials * workload.sleep_s / workload.parallelism / r.wall_s for r in runs if r.wall_s > 0
+            workload.for_system(r.system).ideal_wall_s / r.wall_s for r in runs if r.wall_s > 0
         ]
     if workload.name == "scale":
         per_run["scale_growth"] = [g for r in runs if (g := scale_growth(r)) is not None]

@@ -146,7 +146,7 @@ MLFLOW_OPTUNA_WHY = (
 
 
 def full_plan() -> list[Workload]:
-    """``python -m benchmarks``: the issue's workloads, in about 23 minutes on 2 cores.
+    """``python -m benchmarks``: the issue's workloads, in about 20 minutes on 2 cores.
 
     Every system runs every repeat unless the workload's ``once_why`` says why not (SparkTrials
     and Ray Tune complete about one trial a second whatever the trial, MlflowSparkStudy about
