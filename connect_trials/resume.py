@@ -12,7 +12,8 @@ own values for its hyperparameters (tag ``hyperopt_vals``, JSON), besides the ``
 and the ``trial_status`` tag. What it restores: every trial that ended, with its
 hyperparameters, its status and, for successful ones, its loss. What it does not: the rest of
 a trial's result dictionary, and trials that were cancelled or still running (the next fmin
-suggests new ones in their place).
+suggests new ones in their place). The child runs it reads are one fmin's
+(``tracking.resume_runs``).
 """
 
 from __future__ import annotations
@@ -94,46 +95,3 @@ def trial_docs_from_runs(trials: Any, runs: Iterable[Any]) -> list[dict[str, Any
         doc["state"] = state
         docs.append(doc)
     return sorted(docs, key=lambda d: d["tid"])
-
-
-def end_orphaned_runs(runs: Iterable[Any], tracking_uri: str | None = None) -> None:
-    """Child runs still RUNNING because their client died: a trial's ends KILLED, tagged
-    cancelled; one made ahead that no trial took is deleted, as the tracker would have. A trial
-    that had run for less than a second is not tagged yet (mlflow_tracker): its run counts as
-    taken when its objective logged to it."""
-    from mlflow import MlflowClient
-
-    from connect_trials.tracking.parent_run import PENDING_RUN_NAME
-
-    client = MlflowClient(tracking_uri)
-    for run in runs:
-        if run.info.status != "RUNNING":
-            continue
-        taken = TID_TAG in run.data.tags or run.data.params or run.data.metrics  # the objective logged
-        if run.info.run_name == PENDING_RUN_NAME and not taken:
-            client.set_terminated(run.info.run_id, "KILLED")
-            client.delete_run(run.info.run_id)
-        else:
-            client.set_tag(run.info.run_id, "trial_status", "cancelled")
-            client.set_terminated(run.info.run_id, "KILLED")
-
-
-def child_runs(parent_run_id: str, tracking_uri: str | None = None) -> tuple[Any, list[Any]]:
-    """The parent run and its child runs (all pages)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    parent = client.get_run(parent_run_id)
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-            max_results=1000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return parent, runs

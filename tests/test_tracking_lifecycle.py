@@ -6,11 +6,11 @@ These drive :class:`MlflowTracker` directly, the way the engine calls it, agains
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,11 +18,11 @@ from typing import Any
 import mlflow
 import pytest
 from hyperopt import base, hp, tpe
+from mlflow.entities import ViewType
 
-from connect_trials.tracking import FminSettings, mlflow_tracker
-from connect_trials.tracking.call_thread import CallThread
-from connect_trials.tracking.child_run_pool import ChildRunPool
+from connect_trials.tracking import FminSettings, mlflow_tracker, run_ledger
 from connect_trials.tracking.mlflow_tracker import MlflowTracker
+from connect_trials.tracking.parent_run import ParentRun
 from tests.conftest import captured_log
 from tests.test_tracking import Tracking, every_run, tracking_server  # noqa: F401 - the fixture
 
@@ -74,9 +74,14 @@ class TrialCounts:
         return len(self.docs)
 
 
-def creations_done(tracker: MlflowTracker) -> None:
-    """Wait until every run creation queued so far has landed (the thread runs calls in order)."""
-    tracker.run_creation.submit(lambda: None).result(timeout=30)
+def writes_done(tracker: MlflowTracker) -> None:
+    """Wait until every write queued so far has run (the thread runs calls in order)."""
+    tracker.writes.thread.submit(lambda: None).result(timeout=30)
+
+
+def every_run_ever(server: Tracking) -> list[Any]:
+    """The experiment's runs, deleted ones included: what a user finds in the UI's trash."""
+    return server.client.search_runs([server.experiment_id], run_view_type=ViewType.ALL, max_results=1000)
 
 
 def by_id(server: Tracking) -> dict[str, Any]:
@@ -84,7 +89,7 @@ def by_id(server: Tracking) -> dict[str, Any]:
 
 
 # -- the hooks, as the engine calls them -------------------------------------------------------------
-def test_a_trial_takes_a_child_run_created_ahead_and_gets_only_its_id(
+def test_each_trial_gets_one_child_run_of_its_own_named_and_tagged_from_its_start_and_nothing_else(
     tracking_server: Tracking,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -96,24 +101,21 @@ def test_a_trial_takes_a_child_run_created_ahead_and_gets_only_its_id(
     assert environ["MLFLOW_TRACKING_URI"] == tracking_server.uri
     assert environ["MLFLOW_EXPERIMENT_ID"] == tracking_server.experiment_id
     assert environ["MLFLOW_TRACKING_TOKEN"] == "s3cret"
-    creations_done(tracker)
-    ready = {r.info.run_id for r in every_run(tracking_server) if r.info.run_name == "trial-pending"}
-    assert len(ready) == 2  # the first wave: one per slot
+    writes_done(tracker)
+    assert len(every_run_ever(tracking_server)) == 1  # the parent: no run is made ahead of a trial
 
     trials = [trial_doc(0, 0.5), trial_doc(1, 0.25)]
-    started = time.perf_counter()
     environs = [tracker.trial_started(t, {"x": t["misc"]["vals"]["x"][0]}) for t in trials]
-    took = time.perf_counter() - started
     assert [set(e) for e in environs] == [{"MLFLOW_RUN_ID"}] * 2  # no secret travels per trial
-    assert {e["MLFLOW_RUN_ID"] for e in environs} == ready  # taken, not created on the way
-    assert took < 1.0, took
-    creations_done(tracker)  # the pool refilled: these runs end unused
+    running = tracking_server.client.get_run(environs[1]["MLFLOW_RUN_ID"])
+    assert running.info.run_name == "trial-1" and running.data.tags["trial_tid"] == "1"  # while it runs
 
     tracker.trial_finished(finish(trials[0], 0.25, attempt=1), 0.25)
     tracker.trial_finished(finish(trials[1], 0.0625), 0.0625)
     tracker.fmin_finished(TrialCounts(trials), None)
 
-    runs = by_id(tracking_server)
+    runs = {run.info.run_id: run for run in every_run_ever(tracking_server)}
+    assert len(runs) == 3 and all(r.info.lifecycle_stage == "active" for r in runs.values())
     parent = next(r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags)
     assert (parent.info.run_name, parent.info.status) == ("fmin-train_model", "FINISHED")
     assert parent.data.params["algo"] == "hyperopt.tpe"
@@ -125,19 +127,66 @@ def test_a_trial_takes_a_child_run_created_ahead_and_gets_only_its_id(
     )
     assert "attempts" not in second.data.tags
     assert first.data.params == {"x": "0.5"} and first.data.metrics["loss"] == 0.25
-    unused = [
-        r
-        for r in runs.values()
-        if r.info.run_id not in {parent.info.run_id, first.info.run_id, second.info.run_id}
-    ]
-    assert unused and all((r.info.status, r.info.lifecycle_stage) == ("KILLED", "deleted") for r in unused)
-    assert len(tracking_server.runs()) == 3  # deleted runs are not shown as trials
     # Once, at INFO: where tracking writes and how to turn it off.
     said = log.getvalue()
     assert said.count("MLflow tracking:") == 1
     assert tracking_server.uri in said and parent.info.run_id in said
     assert "mlflow_tracking=False" in said and "spark.databricks.mlflow.trackHyperopt.enabled" in said
     assert "s3cret" not in said
+
+
+def test_a_trial_ended_again_by_fmins_end_logs_its_loss_and_artifacts_once(
+    tracking_server: Tracking,  # noqa: F811
+) -> None:
+    tracker = MlflowTracker()
+    tracker.fmin_started(fmin_settings(parallelism=2))
+    trial = trial_doc(0)
+    run_id = tracker.trial_started(trial, {"x": 0.5})["MLFLOW_RUN_ID"]
+    trial["misc"]["output"] = "printed once\n"
+    tracker.trial_finished(finish(trial, 0.25), 0.25)
+    tracker.trial_finished(trial, 0.25)  # a second report of the same end
+    tracker.fmin_finished(TrialCounts([trial]), None)  # and fmin's end, with the write maybe queued
+
+    assert len(tracking_server.client.get_metric_history(run_id, "loss")) == 1
+    assert [a.path for a in tracking_server.client.list_artifacts(run_id)] == ["output.txt"]
+    assert tracking_server.client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_slow_child_run_creation_holds_up_only_its_trial_and_is_ended_with_it_when_it_lands(
+    tracking_server: Tracking,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(run_ledger, "CALL_TIMEOUT_S", 0.2)
+    entered, gate = threading.Event(), threading.Event()
+    create_child = ParentRun.create_child
+
+    def slow_for_trial_0(self: ParentRun, tid: int, tags: dict[str, str]) -> str:
+        if tid == 0:
+            entered.set()
+            assert gate.wait(60)
+        return create_child(self, tid, tags)
+
+    monkeypatch.setattr(ParentRun, "create_child", slow_for_trial_0)
+    tracker = MlflowTracker()
+    with captured_log(level=logging.WARNING) as log:
+        tracker.fmin_started(fmin_settings(parallelism=2))
+        trials = [trial_doc(0), trial_doc(1)]
+        assert tracker.trial_started(trials[0], {"x": 0.5}) == {}  # runs without a run id for now
+        assert entered.is_set()
+        tracker.trial_finished(finish(trials[0], 0.25), 0.25)  # and ends before its run lands
+        gate.set()
+        assert tracker.child_runs is not None
+        tracker.child_runs.creation.submit(lambda: None).result(timeout=30)  # trial 0's run landed
+        assert set(tracker.trial_started(trials[1], {"x": 0.5})) == {"MLFLOW_RUN_ID"}  # tracking is on
+        tracker.trial_finished(finish(trials[1], 0.5), 0.25)
+        tracker.fmin_finished(TrialCounts(trials), None)
+
+    assert "tracking is off" not in log.getvalue()
+    children = [r for r in every_run_ever(tracking_server) if "mlflow.parentRunId" in r.data.tags]
+    assert sorted((r.info.run_name, r.info.status, r.data.metrics["loss"]) for r in children) == [
+        ("trial-0", "FINISHED", 0.25),
+        ("trial-1", "FINISHED", 0.5),
+    ]
 
 
 def test_children_of_trials_still_running_when_fmin_is_interrupted_end_killed(
@@ -199,13 +248,13 @@ def test_ctrl_c_during_fmin_started_leaves_no_thread_and_no_open_run(
     tracker.fmin_finished(TrialCounts([]), KeyboardInterrupt())  # what the caller's finally does
 
     gate.set()  # the parent's create_run lands after fmin gave up on it
-    creator = tracker.run_creation.thread
+    creator = tracker._parent_creation.thread
     assert creator is not None
     creator.join(30)
     assert not creator.is_alive()
-    assert tracker.writes.thread is None
-    runs = every_run(tracking_server)
-    assert len(runs) == 1 and (runs[0].info.status, runs[0].info.lifecycle_stage) == ("KILLED", "deleted")
+    assert tracker.writes.thread.thread is None
+    runs = every_run_ever(tracking_server)  # ended, never deleted: it is this fmin's parent
+    assert len(runs) == 1 and (runs[0].info.status, runs[0].info.lifecycle_stage) == ("KILLED", "active")
 
 
 def test_a_parent_run_created_after_fmin_stopped_waiting_is_ended_when_it_lands(
@@ -223,49 +272,33 @@ def test_a_parent_run_created_after_fmin_stopped_waiting_is_ended_when_it_lands(
     assert "MLflow did not answer within 0.2 s" in log.getvalue()
 
     gate.set()
-    creator = tracker.run_creation.thread
+    creator = tracker._parent_creation.thread
     assert creator is not None
     creator.join(30)
-    runs = every_run(tracking_server)
-    assert len(runs) == 1 and (runs[0].info.status, runs[0].info.lifecycle_stage) == ("KILLED", "deleted")
+    runs = every_run_ever(tracking_server)
+    assert len(runs) == 1 and (runs[0].info.status, runs[0].info.lifecycle_stage) == ("KILLED", "active")
 
 
-def test_a_child_run_that_lands_after_the_pool_closed_is_discarded() -> None:
-    gate, landed = threading.Event(), threading.Event()
-    discarded: list[str] = []
-    thread = CallThread("test-pool")
-
-    def slow_create() -> str:
-        assert gate.wait(60)
-        return "late-run"
-
-    def discard(run_id: str) -> None:
-        discarded.append(run_id)
-        landed.set()
-
-    pool = ChildRunPool(thread, slow_create, discard, lambda exc: None, ahead=1)
-    assert pool.take(timeout=0.05) is None  # nothing ready in time: the trial goes untracked
-    assert pool.close() == []
+def test_a_resumed_parent_that_fmin_stopped_waiting_for_is_ended_and_never_deleted(
+    tracking_server: Tracking,  # noqa: F811
+    gated_parent: tuple[threading.Event, threading.Event],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, gate = gated_parent
+    monkeypatch.setattr(mlflow_tracker, "CALL_TIMEOUT_S", 0.2)
+    earlier = tracking_server.client.create_run(tracking_server.experiment_id, run_name="fmin-earlier")
+    tracking_server.client.set_terminated(earlier.info.run_id, "FINISHED")
+    settings = dataclasses.replace(fmin_settings(), resume_run_id=earlier.info.run_id)
+    tracker = MlflowTracker()
+    tracker.fmin_started(settings)  # gives up on the parent after 0.2 s
+    tracker.fmin_finished(TrialCounts([]), None)
     gate.set()
-    assert landed.wait(30)
-    assert discarded == ["late-run"]
-    thread.close()
-
-
-def test_a_failed_creation_stops_the_pool_and_is_reported_once() -> None:
-    failures: list[BaseException] = []
-    thread = CallThread("test-pool")
-
-    def create() -> str:
-        raise ConnectionError("gone")
-
-    pool = ChildRunPool(thread, create, lambda run_id: None, failures.append, ahead=2)
-    pool.fill(3)
-    assert pool.take(timeout=30) is None
-    thread.close()
-    assert thread.thread is not None
-    thread.thread.join(30)
-    assert [str(f) for f in failures] == ["gone"]
+    creator = tracker._parent_creation.thread
+    assert creator is not None
+    creator.join(30)
+    [run] = every_run_ever(tracking_server)
+    assert (run.info.run_id, run.info.lifecycle_stage) == (earlier.info.run_id, "active")
+    assert run.info.status != "RUNNING"
 
 
 # -- a tracking server that goes away mid-fmin -------------------------------------------------------
@@ -322,7 +355,6 @@ def test_a_tracking_server_gone_at_the_end_gets_one_warning_listing_the_runs_lef
     tracker.fmin_started(fmin_settings(parallelism=2))
     trials = [trial_doc(0), trial_doc(1)]
     run_ids = [tracker.trial_started(t, {"x": 0.5})["MLFLOW_RUN_ID"] for t in trials]
-    creations_done(tracker)
     proxy.cut()
     with captured_log(level=logging.WARNING) as log:
         tracker.trial_finished(finish(trials[0], 0.25), 0.25)
@@ -333,104 +365,3 @@ def test_a_tracking_server_gone_at_the_end_gets_one_warning_listing_the_runs_lef
     still_running = {r.info.run_id for r in every_run(tracking_server) if r.info.status == "RUNNING"}
     assert set(run_ids) <= still_running
     assert {run_id for run_id in still_running if run_id in warnings[0]} == still_running
-
-
-# -- a trial's name: at its end when it is short, while it runs when it is not ----------------------
-def test_a_short_trial_is_named_and_tagged_with_its_outcome_in_one_request_fewer(
-    tracking_server: Tracking,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from connect_trials.tracking.mlflow_runs import MlflowRuns
-
-    named_early: list[str] = []
-    start_trial = MlflowRuns.start_trial
-    monkeypatch.setattr(
-        MlflowRuns,
-        "start_trial",
-        lambda self, run_id, *a: (named_early.append(run_id), start_trial(self, run_id, *a)),
-    )
-    tracker = MlflowTracker()
-    tracker.name_running_trial_after_s = 3600.0  # every trial here is short
-    tracker.fmin_started(fmin_settings(parallelism=1))
-    trial = trial_doc(0)
-    run_id = tracker.trial_started(trial, {"x": 0.5})["MLFLOW_RUN_ID"]
-    tracker.trial_finished(finish(trial, 0.25), 0.25)
-    tracker.fmin_finished(TrialCounts([trial]), None)
-    assert named_early == []
-    run = by_id(tracking_server)[run_id]
-    assert (run.info.run_name, run.info.status, run.data.tags["trial_tid"]) == ("trial-0", "FINISHED", "0")
-    naming = tracker._naming._thread  # closed with fmin: its pending call is dropped
-    assert naming is not None
-    naming.join(30)
-    assert not naming.is_alive()
-
-
-def test_a_trial_that_runs_on_shows_its_name_and_tid_while_it_runs(
-    tracking_server: Tracking,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from connect_trials.tracking.mlflow_runs import MlflowRuns
-
-    named = threading.Event()
-    start_trial = MlflowRuns.start_trial
-
-    def start_and_say(self: MlflowRuns, *args: Any) -> None:
-        start_trial(self, *args)
-        named.set()
-
-    monkeypatch.setattr(MlflowRuns, "start_trial", start_and_say)
-    tracker = MlflowTracker()
-    tracker.name_running_trial_after_s = 0.0  # every trial here has run long enough
-    tracker.fmin_started(fmin_settings(parallelism=1))
-    trial = trial_doc(0)
-    run_id = tracker.trial_started(trial, {"x": 0.5})["MLFLOW_RUN_ID"]
-    assert named.wait(30)
-    running = by_id(tracking_server)[run_id]
-    assert (running.info.run_name, running.info.status, running.data.tags["trial_tid"]) == (
-        "trial-0",
-        "RUNNING",
-        "0",
-    )
-    tracker.trial_finished(finish(trial, 0.25), 0.25)
-    tracker.fmin_finished(TrialCounts([trial]), None)
-    assert by_id(tracking_server)[run_id].info.status == "FINISHED"
-
-
-def test_timers_call_in_due_order_and_drop_what_is_still_waiting_when_closed() -> None:
-    from connect_trials.tracking.call_thread import Timers
-
-    timers = Timers("test-timers")
-    calls: list[str] = []
-    both = threading.Event()
-    timers.call_later(3600.0, calls.append, "never")
-    timers.call_later(0.05, lambda: (calls.append("second"), both.set()))
-    timers.call_later(0.0, calls.append, "first")
-    assert both.wait(30)
-    timers.close()
-    timers._thread.join(30)  # type: ignore[union-attr]
-    assert not timers._thread.is_alive()  # type: ignore[union-attr]
-    assert calls == ["first", "second"]
-    timers.call_later(0.0, calls.append, "after close")  # dropped
-    assert calls == ["first", "second"]
-
-
-def test_resume_keeps_an_untagged_run_its_objective_logged_to_and_deletes_one_nobody_took(
-    tracking_server: Tracking,  # noqa: F811
-) -> None:
-    """A client that died less than a second into a trial left its run named trial-pending,
-    without a tid tag: what the objective logged there is kept (KILLED), not deleted."""
-    from connect_trials.resume import end_orphaned_runs
-    from connect_trials.tracking.parent_run import PENDING_RUN_NAME
-
-    client = mlflow.MlflowClient(tracking_server.uri)
-    logged = client.create_run(tracking_server.experiment_id, run_name=PENDING_RUN_NAME).info.run_id
-    client.log_metric(logged, "epoch_loss", 0.5, step=0)
-    untouched = client.create_run(tracking_server.experiment_id, run_name=PENDING_RUN_NAME).info.run_id
-    end_orphaned_runs([client.get_run(logged), client.get_run(untouched)], tracking_server.uri)
-    kept, dropped = client.get_run(logged), client.get_run(untouched)
-    assert (kept.info.status, kept.info.lifecycle_stage, kept.data.tags["trial_status"]) == (
-        "KILLED",
-        "active",
-        "cancelled",
-    )
-    assert (dropped.info.status, dropped.info.lifecycle_stage) == ("KILLED", "deleted")

@@ -1,13 +1,10 @@
-"""Daemon threads that run calls in order, or after a delay: how the tracker keeps MLflow off
-fmin's path."""
+"""Daemon threads that run calls in order: how the tracker keeps MLflow off fmin's path."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import heapq
 import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -78,43 +75,3 @@ def wait_while_progress(thread: CallThread, future: concurrent.futures.Future[An
             if thread.completed == progress:
                 raise TimeoutError(f"MLflow did not answer within {patience:g} s") from None
             progress = thread.completed
-
-
-class Timers:
-    """Calls made after a delay, on one daemon thread (started with the first call). Calls still
-    waiting when :meth:`close` is called are dropped."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._due: list[tuple[float, int, Callable[..., Any], tuple[Any, ...]]] = []
-        self._changed = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        self._count = 0  # orders calls due at the same time
-
-    def call_later(self, delay: float, call: Callable[..., Any], *args: Any) -> None:
-        with self._changed:
-            if self._closed:
-                return
-            self._count += 1
-            heapq.heappush(self._due, (time.monotonic() + delay, self._count, call, args))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-                self._thread.start()
-            self._changed.notify()
-
-    def close(self) -> None:
-        with self._changed:
-            self._closed = True
-            self._due.clear()
-            self._changed.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._changed:
-                while not self._closed and (not self._due or self._due[0][0] > time.monotonic()):
-                    self._changed.wait(self._due[0][0] - time.monotonic() if self._due else None)
-                if self._closed:
-                    return
-                _, _, call, args = heapq.heappop(self._due)
-            call(*args)

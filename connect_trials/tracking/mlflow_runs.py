@@ -76,11 +76,6 @@ class MlflowRuns:
         store renames a run that is given the ``mlflow.runName`` tag)."""
         self.log_batch(run_id, tags={**tags, "mlflow.runName": name})
 
-    def discard(self, run_id: str) -> None:
-        """A run no trial used: ended KILLED, then deleted, so that it is not shown as a trial."""
-        self.end(run_id, RunStatus.KILLED)
-        self.client.delete_run(run_id)
-
     def end_child(self, run_id: str, name: str, params: dict[str, str], outcome: ChildOutcome,
                   refused: Callable[[BaseException], None],
                   trial_tags: dict[str, str] | None = None) -> None:  # fmt: skip

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Callable
 from typing import Any
 
-from connect_trials.tracking.hooks import FminSettings
 from connect_trials.tracking.hyperparameters import (
     MAX_TAG_CHARS,
     algo_name,
@@ -16,8 +16,8 @@ from connect_trials.tracking.hyperparameters import (
 )
 from connect_trials.tracking.mlflow_runs import RUN_SOURCE, MlflowRuns
 from connect_trials.tracking.outcome import RunStatus
+from connect_trials.tracking.settings import FminSettings
 
-_PARAM_NAMES = ("max_evals", "actual_parallelism", "parallelism", "timeout", "algo", "max_queue_len")
 COUNT_METRICS = (
     "successful_trials_count",
     "failed_trials_count",
@@ -25,7 +25,18 @@ COUNT_METRICS = (
     "total_trials_count",
 )
 _BEST_LOSS_METRIC = "best_trial_loss"
-PENDING_RUN_NAME = "trial-pending"  # a child run's name until a trial takes it
+
+
+class Ownership(enum.Enum):
+    """Whose the parent run is, which decides what this fmin may do with it."""
+
+    CREATED = "created"  # made by this fmin: it holds no names yet, and this fmin ends it
+    RESUMED = "resumed"  # a search's parent reopened (from_mlflow): set RUNNING, ended again
+    LENT = "lent"  # the caller's active run: written to, left open
+
+    @property
+    def ends_run(self) -> bool:
+        return self is not Ownership.LENT
 
 
 def open_parent(
@@ -38,17 +49,17 @@ def open_parent(
     from mlflow.tracking.context import registry
 
     if active is not None:
-        return ParentRun(runs, active.info.experiment_id, active.info.run_id, False, fmin_uuid)
+        return ParentRun(runs, active.info.experiment_id, active.info.run_id, Ownership.LENT, fmin_uuid)
     if resume_run_id is not None:
         experiment_id = runs.client.get_run(resume_run_id).info.experiment_id
         runs.client.update_run(resume_run_id, status="RUNNING")
         runs.track_open(resume_run_id)
-        return ParentRun(runs, experiment_id, resume_run_id, True, fmin_uuid, created=False)
+        return ParentRun(runs, experiment_id, resume_run_id, Ownership.RESUMED, fmin_uuid)
     experiment_id = fluent._get_experiment_id() or "0"
     tags = {**registry.resolve_tags(), "runSource": RUN_SOURCE}
     run_name = f"fmin-{objective_name}" if objective_name else "fmin"
     run_id = runs.create(experiment_id, {k: str(v) for k, v in tags.items()}, run_name)
-    return ParentRun(runs, experiment_id, run_id, True, fmin_uuid)
+    return ParentRun(runs, experiment_id, run_id, Ownership.CREATED, fmin_uuid)
 
 
 class ParentRun:
@@ -57,19 +68,16 @@ class ParentRun:
     with the suffix ``_<fmin_uuid>``."""
 
     def __init__(
-        self, runs: MlflowRuns, experiment_id: str, run_id: str, owned: bool, fmin_uuid: str,
-        created: bool | None = None,
-    ) -> None:  # fmt: skip
+        self, runs: MlflowRuns, experiment_id: str, run_id: str, ownership: Ownership, fmin_uuid: str
+    ) -> None:
         self.runs = runs
         self.experiment_id = experiment_id
         self.run_id = run_id
-        self.owned = owned  # ended by this fmin
-        self.created = owned if created is None else created  # made by it: holds no names yet
+        self.ownership = ownership
         self.fmin_uuid = fmin_uuid
         self.keys: dict[str, str] = {}  # a name -> the name this fmin writes it under
 
     def log_settings(self, settings: FminSettings) -> None:
-        self._choose_keys()
         params = {
             "max_evals": settings.max_evals,
             "actual_parallelism": settings.parallelism,
@@ -78,11 +86,16 @@ class ParentRun:
             "algo": algo_name(settings.algo),
             "max_queue_len": settings.max_queue_len,
         }
-        space = space_text(settings.space)
-        tags = {"runSource": RUN_SOURCE, "fmin_uuid": self.fmin_uuid, "space": truncated(space)}
+        written = {k: param_value(v) for k, v in params.items()}
+        tags = {
+            "runSource": RUN_SOURCE,
+            "fmin_uuid": self.fmin_uuid,
+            "space": truncated(space_text(settings.space)),
+        }
+        self._choose_keys(written, tags)
         self.runs.log_batch(
             self.run_id,
-            params={self.keys[k]: param_value(v) for k, v in params.items()},
+            params={self.keys[k]: v for k, v in written.items()},
             tags={self.keys[k]: v for k, v in tags.items()},
         )
 
@@ -95,10 +108,16 @@ class ParentRun:
     def log_best_loss(self, loss: float, step: int) -> None:
         self.runs.client.log_metric(self.run_id, self.keys[_BEST_LOSS_METRIC], loss, step=step)
 
-    def create_child(self, run_name: str = PENDING_RUN_NAME) -> str:
-        """A child run of this parent, in its experiment."""
-        tags = {"mlflow.parentRunId": self.run_id, "fmin_uuid": self.fmin_uuid, "runSource": RUN_SOURCE}
-        return self.runs.create(self.experiment_id, tags, run_name)
+    def create_child(self, tid: int, trial_tags: dict[str, str]) -> str:
+        """The child run of trial ``tid``, named and tagged with its trial from the start (so
+        a search resumed after its client died knows whose it is)."""
+        tags = {
+            "mlflow.parentRunId": self.run_id,
+            "fmin_uuid": self.fmin_uuid,
+            "runSource": RUN_SOURCE,
+            **trial_tags,
+        }
+        return self.runs.create(self.experiment_id, tags, child_run_name(tid))
 
     def log_counts(self, trials: Any) -> None:
         """The trial counts of the trials object, hyperopt's way (DONE trials whose result
@@ -117,24 +136,39 @@ class ParentRun:
         )
 
     def end(self, status: RunStatus) -> None:
-        if self.owned:
+        if self.ownership.ends_run:
             self.runs.end(self.run_id, status)
 
-    def _choose_keys(self) -> None:
-        if self.created:
-            params: Any = {}
-            tags: Any = {}
-            metrics: Any = {}
+    def _choose_keys(self, params: dict[str, str], tags: dict[str, str]) -> None:
+        """The names this fmin writes under. On a run that already holds a name, the name gets
+        the suffix ``_<fmin_uuid>``: for the caller's run, whenever another fmin wrote it; for
+        a resumed search's parent, only where the value differs (its counts are its own)."""
+        if self.ownership is Ownership.CREATED:
+            held_params: Any = {}
+            held_tags: Any = {}
+            held_metrics: Any = {}
         else:
             data = self.runs.client.get_run(self.run_id).data
-            params, tags, metrics = data.params, data.tags, data.metrics
+            held_params, held_tags, held_metrics = data.params, data.tags, data.metrics
+        resumed = self.ownership is Ownership.RESUMED
         suffix = f"_{self.fmin_uuid}"
-        for name in _PARAM_NAMES:
-            self.keys[name] = name + suffix if name in params else name
+
+        def conflicts(held: Any, name: str, value: Any) -> bool:
+            return name in held and (held[name] != value or not resumed)
+
+        for name, value in params.items():
+            self.keys[name] = name + suffix if conflicts(held_params, name, value) else name
         for name in (*COUNT_METRICS, _BEST_LOSS_METRIC):
-            self.keys[name] = name + suffix if name in metrics else name
-        for name in ("fmin_uuid", "space"):
-            self.keys[name] = name + suffix if name in tags else name
-        # runSource is the same for every fmin: only another value is a conflict.
-        same_source = tags.get("runSource", RUN_SOURCE) == RUN_SOURCE
-        self.keys["runSource"] = "runSource" if same_source else "runSource" + suffix
+            self.keys[name] = name + suffix if name in held_metrics and not resumed else name
+        for name, value in tags.items():
+            # runSource is the same for every fmin: only another value is a conflict.
+            clash = (
+                held_tags.get(name, value) != value
+                if name == "runSource"
+                else conflicts(held_tags, name, value)
+            )
+            self.keys[name] = name + suffix if clash else name
+
+
+def child_run_name(tid: int) -> str:
+    return f"trial-{tid}"

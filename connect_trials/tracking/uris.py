@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import socket
 import urllib.parse
 from pathlib import Path
@@ -26,12 +27,29 @@ def absolute_tracking_uri(uri: str) -> str:
 
 
 def redacted_uri(uri: str) -> str:
-    """The URI without a password, for messages."""
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.password is None:
-        return uri
-    host = parsed.netloc.rsplit("@", 1)[1]
-    return parsed._replace(netloc=f"{parsed.username}:***@{host}").geturl()
+    """The URI as we print it: without its userinfo (``user:password@``) and its query, which
+    may hold credentials too."""
+    return redacted_text(uri)
+
+
+# A URL inside a text: scheme, optional userinfo, the rest up to whitespace or a quote.
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s'\"]*@)?(?P<rest>[^\s'\"?#]*)"
+                  r"(?P<query>\?[^\s'\"#]*)?")  # fmt: skip
+
+
+_TOKEN_PARAM = re.compile(r";token=[^;]*")
+
+
+def redacted_text(text: str) -> str:
+    """``text`` (an exception's message, say: MLflow's name the URL they called) with every
+    URL's userinfo replaced by ``***@``, its query string dropped and a Connect token hidden."""
+
+    def redact(match: re.Match[str]) -> str:
+        userinfo = "***@" if match.group("userinfo") else ""
+        rest = _TOKEN_PARAM.sub(";token=***", match.group("rest"))  # sc://host:port/;token=...
+        return f"{match.group('scheme')}{userinfo}{rest}"
+
+    return _URL.sub(redact, text)
 
 
 def probe(uri: str) -> None:

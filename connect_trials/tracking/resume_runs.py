@@ -1,0 +1,72 @@
+"""The child runs a resume reads back: one fmin's under a parent run, and the ending of those
+its dead client left RUNNING.
+
+A parent run may hold several fmins (two calls in one active run); each child run carries its
+fmin's ``fmin_uuid`` and ``runSource``, and a resume takes one fmin's runs only: the last one
+to start a trial under that parent, or the one named. Runs that are not a trial's of that fmin
+(the user's own nested runs, another fmin's) are never touched."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connect_trials.tracking.mlflow_runs import RUN_SOURCE
+from connect_trials.tracking.resume_tags import TID_TAG
+
+_STATUS_OF_OUTCOME = {"success": "FINISHED", "failure": "FAILED"}
+
+
+def fmin_child_runs(
+    client: Any, parent_run_id: str, fmin_uuid: str | None = None
+) -> tuple[str | None, list[Any]]:
+    """The ``fmin_uuid`` chosen and its trials' child runs under ``parent_run_id`` (all
+    pages), one per tid. ``ValueError`` names the fmins there when ``fmin_uuid`` is not one."""
+    parent = client.get_run(parent_run_id)
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.runSource = '{RUN_SOURCE}'",
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(r for r in page if TID_TAG in r.data.tags and "fmin_uuid" in r.data.tags)
+        token = page.token
+        if not token:
+            break
+    if not runs:
+        return fmin_uuid, []
+    fmins = {r.data.tags["fmin_uuid"] for r in runs}
+    if fmin_uuid is None:
+        fmin_uuid = max(runs, key=lambda r: r.info.start_time or 0).data.tags["fmin_uuid"]
+    elif fmin_uuid not in fmins:
+        raise ValueError(
+            f"fmin_uuid={fmin_uuid!r}: parent run {parent_run_id} holds no trials of that fmin; its fmins "
+            f"are {sorted(fmins)} (the fmin_uuid tags of its child runs). Pass one of them, or None "
+            "for the last."
+        )
+    by_tid: dict[int, Any] = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
+        if run.data.tags["fmin_uuid"] == fmin_uuid:
+            by_tid[int(run.data.tags[TID_TAG])] = run  # the latest run of a tid wins
+    return fmin_uuid, [by_tid[tid] for tid in sorted(by_tid)]
+
+
+def end_orphaned_runs(client: Any, runs: list[Any]) -> list[Any]:
+    """End the runs of ``runs`` still RUNNING because their client died, as their trial ended:
+    one that already carries its outcome (the client died between writing it and ending the
+    run) ends FINISHED or FAILED and is restored as such; any other ends KILLED, tagged
+    cancelled. Returns ``runs`` as they are now."""
+    current = []
+    for run in runs:
+        if run.info.status != "RUNNING":
+            current.append(run)
+            continue
+        status = _STATUS_OF_OUTCOME.get(run.data.tags.get("trial_status", ""))
+        if status is None:
+            client.set_tag(run.info.run_id, "trial_status", "cancelled")
+            status = "KILLED"
+        client.set_terminated(run.info.run_id, status)
+        current.append(client.get_run(run.info.run_id))
+    return current
