@@ -121,6 +121,7 @@ class ConnectTrials(Trials):
         self._fmin_cancelled_reason: str | None = None
         self._last_fmin: _LastFmin | None = None
         self._resume_parent_run_id: str | None = None
+        self._resume_fmin_uuid: str | None = None
         self.refresh()
 
     # -- pickling (trials_save_file): sessions do not pickle, and die with their process --------
@@ -160,22 +161,33 @@ class ConnectTrials(Trials):
         return self._last_fmin.replay(trial)
 
     @classmethod
-    def from_mlflow(cls, parent_run_id: str, spark_session: Any = None, **kwargs: Any) -> ConnectTrials:
+    def from_mlflow(
+        cls, parent_run_id: str, spark_session: Any = None, fmin_uuid: str | None = None, **kwargs: Any
+    ) -> ConnectTrials:
         """Rebuild the finished trials of a tracked search from its parent run's child runs;
-        a following fmin continues the search, and its trials join the same parent run.
+        a following fmin continues the search under the same parent run and ``fmin_uuid``.
 
-        ``kwargs`` are the other constructor arguments (``parallelism=``, ``timeout=``, ...).
-        Restores each ended trial's hyperparameters, status and loss; not the rest of its
-        result dictionary, and not trials that were cancelled or still running (a child run
-        left RUNNING by a client that died is ended KILLED here)."""
-        _, runs = resume.child_runs(parent_run_id)
+        ``fmin_uuid``: which search to resume when the parent run holds several (two fmins in
+        one active run); by default the last one to start a trial. ``kwargs`` are the other
+        constructor arguments (``parallelism=``, ``timeout=``, ...). Restores each ended
+        trial's hyperparameters, status and loss; not the rest of its result dictionary, and
+        not trials that were cancelled or still running (a child run of that search left
+        RUNNING by a client that died is ended: KILLED, or as its recorded outcome says)."""
+        from mlflow import MlflowClient
+
+        from connect_trials.tracking.resume_runs import end_orphaned_runs, fmin_child_runs
+
+        client = MlflowClient()
+        chosen, runs = fmin_child_runs(client, parent_run_id, fmin_uuid)
         trials = cls(spark_session=spark_session, **kwargs)
-        resume.end_orphaned_runs(runs)
+        runs = end_orphaned_runs(client, runs)
         resume.insert_finished(trials, resume.trial_docs_from_runs(trials, runs))
         trials._resume_parent_run_id = parent_run_id
+        trials._resume_fmin_uuid = chosen
         logger.info(
-            "Resuming MLflow run %s: %d finished trials restored.", parent_run_id, len(trials._dynamic_trials)
-        )
+            "Resuming MLflow run %s (fmin_uuid %s): %d finished trials restored.",
+            parent_run_id, chosen, len(trials._dynamic_trials),
+        )  # fmt: skip
         return trials
 
     def __str__(self) -> str:
@@ -276,6 +288,7 @@ class ConnectTrials(Trials):
             )
         if not callable(fn):
             raise TypeError(f"fn must be a callable objective, not {type(fn).__name__}")
+        unlimited = max_evals is None or max_evals == sys.maxsize  # hyperopt.fmin's None arrives so
         if max_evals is None:
             max_evals = sys.maxsize
         if isinstance(max_evals, bool) or not isinstance(max_evals, numbers.Integral) or max_evals < 0:
@@ -320,7 +333,6 @@ class ConnectTrials(Trials):
         spark = self._session()
         limits = SearchLimits(
             max_evals=int(max_evals),
-            timeout=self.timeout,
             loss_threshold=loss_threshold,
             early_stop_fn=early_stop_fn,
             max_queue_len=int(max_queue_len),
@@ -331,7 +343,7 @@ class ConnectTrials(Trials):
         total = int(max_evals) if max_evals != sys.maxsize else None
         settings = FminSettings(
             fmin_id=fmin_id,
-            max_evals=int(max_evals),
+            max_evals=None if unlimited else int(max_evals),
             parallelism=self.parallelism,
             user_specified_parallelism=self.user_specified_parallelism,
             timeout=self.timeout,
@@ -340,6 +352,7 @@ class ConnectTrials(Trials):
             space=space,
             objective_name=str(getattr(fn, "__name__", "") or ""),
             resume_run_id=self._resume_parent_run_id,
+            resume_fmin_uuid=getattr(self, "_resume_fmin_uuid", None),  # None in older save files
         )
         tracker = create_tracker(spark, self.mlflow_tracking)
         # The client's retry policy is left alone (other threads and fmins share it); a
@@ -461,9 +474,9 @@ class ConnectTrials(Trials):
                 f"trials_save_file {path!r} does not hold hyperopt trials; remove it or pass another path"
             )
         resume.adopt(self, saved)
-        self._resume_parent_run_id = self._resume_parent_run_id or getattr(
-            saved, "_resume_parent_run_id", None
-        )
+        if self._resume_parent_run_id is None:
+            self._resume_parent_run_id = getattr(saved, "_resume_parent_run_id", None)
+            self._resume_fmin_uuid = getattr(saved, "_resume_fmin_uuid", None)
         logger.info("Resuming from %s: %d finished trials restored.", path, len(self._dynamic_trials))
 
     def _accept_resource_profile(self, resource_profile: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -61,8 +62,10 @@ class NullProgress:
         pass
 
 
-def make_scheduler(executor, max_evals=4, parallelism=2, trials=None, **limits):
+def make_scheduler(executor, max_evals=4, parallelism=2, trials=None, timeout=None, **limits):
     trials = trials if trials is not None else FakeTrials()
+    if timeout is not None:
+        limits.setdefault("deadline", time.monotonic() + timeout)
     domain = base.Domain(lambda x: x, hp.uniform("x", 0, 1))
     return trials, TrialScheduler(
         trials=trials,
@@ -169,24 +172,128 @@ class RecordingTracker(FminTracker):
         self.finished.append(trial["tid"])
 
 
-def test_ctrl_c_while_a_trial_starts_its_tracking_cancels_that_trial():
+def test_ctrl_c_while_a_trial_waits_for_its_child_run_cancels_that_trial_and_ends_its_run(ctrl_c):
+    import _thread
+
     executor = GatedExecutor()
+    tracking_waits, tracking_may_go = threading.Event(), threading.Event()
 
-    def interrupted_for_the_second_trial(tid):
-        if tid == 1:
-            assert executor.submitted[0].wait(5)
-            raise KeyboardInterrupt  # a Ctrl-C landing while the tracker creates the child run
+    def slow_tracking_for_the_second_trial(tid):
+        if tid == 1:  # MLflow is slow to create trial 1's run: its thread waits, the loop does not
+            tracking_waits.set()
+            assert tracking_may_go.wait(30)
 
-    tracker = RecordingTracker(interrupted_for_the_second_trial)
+    tracker = RecordingTracker(slow_tracking_for_the_second_trial)
     trials, scheduler = make_scheduler(executor, max_evals=4, parallelism=2)
     scheduler.tracker = tracker
+    cancel_all = executor.cancel_all
+    executor.cancel_all = lambda: (cancel_all(), tracking_may_go.set())
+
+    def ctrl_c_once_trial_1_waits():
+        assert tracking_waits.wait(30) and executor.submitted[0].wait(30)
+        _thread.interrupt_main()
+
+    threading.Thread(target=ctrl_c_once_trial_1_waits, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         scheduler.run()
     states = {t["tid"]: t["state"] for t in trials._dynamic_trials}
-    assert states[0] == states[1] == base.JOB_STATE_CANCEL
-    assert base.JOB_STATE_RUNNING not in states.values()
+    assert states == {0: base.JOB_STATE_CANCEL, 1: base.JOB_STATE_CANCEL}
     assert sorted(tracker.finished) == [0, 1]  # trial 1's child run is ended too
+    assert 1 not in executor.submit_times  # its job was never launched
     assert trials._fmin_cancelled_reason == "fmin run cancelled by user"
+
+
+class InterruptedInCallerExecutor(ReturningExecutor):
+    """Debug mode, where the objective runs in fmin's thread: the user presses Ctrl-C (the
+    IDE's stop button) during the second trial."""
+
+    runs_in_caller = True
+
+    def run_trial(self, request):
+        if request.tid == 1:
+            self.submitted.append(request.tid)
+            raise KeyboardInterrupt
+        return super().run_trial(request)
+
+
+def test_ctrl_c_in_a_debug_mode_trial_stops_the_search_and_cancels_that_trial():
+    executor = InterruptedInCallerExecutor()
+    tracker = RecordingTracker()
+    trials, scheduler = make_scheduler(executor, max_evals=5, parallelism=1)
+    scheduler.tracker = tracker
+    with pytest.raises(KeyboardInterrupt):
+        scheduler.run()
+    assert executor.submitted == [0, 1]  # no trial after the Ctrl-C
+    assert [t["state"] for t in trials._dynamic_trials] == [base.JOB_STATE_DONE, base.JOB_STATE_CANCEL]
+    assert tracker.finished == [0, 1]
+    assert trials._fmin_cancelled_reason == "fmin run cancelled by user"
+
+
+def test_max_evals_after_a_timed_out_fmin_counts_as_hyperopts_len_does():
+    executor = GatedExecutor()
+    executor.release(0)
+    trials, scheduler = make_scheduler(executor, max_evals=10, parallelism=3, timeout=0.5)
+    scheduler.run()
+    assert trials.count_by_state_unsynced(base.JOB_STATE_CANCEL) >= 2
+    before = len(trials._dynamic_trials)
+    for tid in range(100):
+        executor.release(tid)
+    executor.cancelled.clear()
+    trials._fmin_cancelled = False  # as ConnectTrials.fmin does for a new fmin
+    _, again = make_scheduler(executor, max_evals=len(trials) + 3, parallelism=3, trials=trials)
+    again.run()
+    assert len(trials._dynamic_trials) - before == 3
+
+
+class RelayingExecutor(GatedExecutor):
+    """Each trial's objective logged to MLflow on its worker; the job answers after a cancel."""
+
+    def run_trial(self, request):
+        outcome = super().run_trial(request)
+        return dataclasses.replace(outcome, relayed=f"logged by {request.tid}".encode())
+
+
+class RelayRecordingTracker(RecordingTracker):
+    def __init__(self):
+        super().__init__()
+        self.relayed: dict[int, bytes] = {}
+
+    def objective_logged(self, trial, relayed):
+        assert trial["tid"] not in self.finished  # relayed before the trial's end is written
+        self.relayed[trial["tid"]] = relayed
+
+
+def test_what_a_cancelled_trials_objective_logged_is_still_relayed_into_its_run():
+    executor = RelayingExecutor()
+    tracker = RelayRecordingTracker()
+    trials, scheduler = make_scheduler(executor, max_evals=2, parallelism=2, timeout=0.3)
+    scheduler.tracker = tracker
+    scheduler.run()  # the timeout cancels both; their jobs answer after it, with what they logged
+    assert [t["state"] for t in trials._dynamic_trials] == [base.JOB_STATE_CANCEL] * 2
+    assert tracker.relayed == {0: b"logged by 0", 1: b"logged by 1"}
+    assert sorted(tracker.finished) == [0, 1]
+
+
+def test_every_trial_ends_once_through_the_same_way_out_whatever_ended_it():
+    trials = FakeTrials()
+    # Points 0 and 1 pickle, point 2 cannot (a lock): it fails before its job.
+    domain = base.Domain(lambda x: x, hp.choice("x", [0.0, 1.0, threading.Lock()]))
+    executor = GatedExecutor()
+    saves: list[int] = []
+    tracker = RecordingTracker()
+    scheduler = TrialScheduler(
+        trials=trials, domain=domain, algo=rand.suggest, rstate=np.random.default_rng(0), executor=executor,
+        parallelism=2, limits=SearchLimits(max_evals=12, deadline=time.monotonic() + 1.0, max_queue_len=2),
+        tracker=tracker, progress=NullProgress(), after_trial=lambda: saves.append(len(saves)),
+    )  # fmt: skip
+    executor.release(0)
+    scheduler.run()
+    ended = [t["tid"] for t in trials._dynamic_trials]
+    assert sorted(tracker.finished) == sorted(ended)  # each told to the tracker once
+    assert len(saves) == len(ended)  # and saved once
+    assert {t["state"] for t in trials._dynamic_trials} <= {
+        base.JOB_STATE_DONE, base.JOB_STATE_ERROR, base.JOB_STATE_CANCEL,
+    }  # fmt: skip
 
 
 def test_timeout_bounds_the_search_when_every_point_fails_before_launch():
@@ -201,7 +308,7 @@ def test_timeout_bounds_the_search_when_every_point_fails_before_launch():
         rstate=np.random.default_rng(0),
         executor=executor,
         parallelism=2,
-        limits=SearchLimits(max_evals=sys.maxsize, timeout=1.0),
+        limits=SearchLimits(max_evals=sys.maxsize, deadline=time.monotonic() + 1.0),
         tracker=FminTracker(),
         progress=NullProgress(),
     )
@@ -234,8 +341,9 @@ def test_a_trial_whose_tracking_outlasts_the_deadline_is_not_submitted():
     scheduler.tracker = tracker
     scheduler.run()
     assert executor.submitted == []
-    assert [t["state"] for t in trials._dynamic_trials] == [base.JOB_STATE_CANCEL]
-    assert tracker.finished == [0]
+    # The slow tracking held up only its trial's thread: both slots started a trial.
+    assert [t["state"] for t in trials._dynamic_trials] == [base.JOB_STATE_CANCEL] * 2
+    assert sorted(tracker.finished) == [0, 1]
 
 
 class SkewedClockExecutor(GatedExecutor):
