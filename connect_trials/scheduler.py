@@ -104,10 +104,10 @@ class TrialScheduler:
         self._pending: list[dict[str, Any]] = []  # suggested, not yet submitted
         self._running: dict[int, dict[str, Any]] = {}  # submitted, not yet ended
         self._n_suggested = 0
-        # As hyperopt's FMinIter.exhaust: max_evals - len(trials), which counts the trials
-        # still valid (hyperopt's len leaves out ERROR and CANCEL ones).
+        # As hyperopt's FMinIter.exhaust: max_evals - len(trials) (a ConnectTrials counts every
+        # trial it holds, cancelled and failed ones included).
         trials.refresh()
-        self._n_to_run = limits.max_evals - len(trials.trials)
+        self._n_to_run = limits.max_evals - len(trials)
         self._exhausted = False
         self._early_stop_args: list[Any] = []
         # Finished trials in the order they finished: what early_stop_fn sees (see _should_stop).
@@ -293,6 +293,10 @@ class TrialScheduler:
         else:
             reason = last_line(end.error[1]) if end.error else "its job did not report back in time"
             logger.debug("trial task %s cancelled: %s", tid, reason)
+        if end.state == base.JOB_STATE_DONE:  # upstream's texts, which scripts grep for
+            logger.debug("trial %s task thread exits normally and writes results back correctly.", tid)
+        else:
+            logger.debug("trial %s task thread catches an exception and writes the info back correctly.", tid)
         if end.state != base.JOB_STATE_CANCEL:  # cancelled trials are not progress
             self.progress.trial_finished(self.best_loss, running=len(self._running), failed=self._n_failed)
         self.tracker.trial_finished(trial, self.best_loss)

@@ -399,3 +399,23 @@ def test_a_ctrl_c_while_the_tracking_starts_still_closes_the_tracking(spark, mon
     with pytest.raises(KeyboardInterrupt):
         fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, 5, trials=trials)
     assert tracker.finished.is_set()
+
+
+def test_max_evals_counts_the_cancelled_trials_of_a_timed_out_fmin(spark):
+    def holds_its_slot(x: float) -> float:
+        import time
+
+        time.sleep(60)
+        return x
+
+    trials = ConnectTrials(parallelism=2, timeout=6, spark_session=spark, mlflow_tracking=False)
+    fmin(holds_its_slot, hp.uniform("x", 0, 1), rand.suggest, 10, trials=trials, show_progressbar=False,
+         return_argmin=False)  # fmt: skip
+    cancelled = trials.count_cancelled_trials()
+    assert cancelled >= 1 and len(trials) == trials.count_total_trials() == len(trials._dynamic_trials)
+
+    trials.timeout = None
+    fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, len(trials) + 3, trials=trials,
+         show_progressbar=False)  # fmt: skip
+    assert trials.count_successful_trials() == 3  # three more, whatever ended the last fmin
+    assert trials.count_cancelled_trials() == cancelled

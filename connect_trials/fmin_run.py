@@ -1,0 +1,139 @@
+"""One fmin call on a ``ConnectTrials``, from its checked arguments to its last trial.
+
+The order matters and is kept here only: the tracking opens first (the fmin's worker
+environment comes from it), then the objective ships with that environment, then the
+scheduler runs the trials, under a watchdog that tells a dead server from a slow one. On the
+way out, whatever happened, the tracker ends every run it created and the counts are logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from hyperopt import base
+
+from connect_trials import job, resume
+from connect_trials.arguments import FminCall
+from connect_trials.errors import ClusterUnavailableError
+from connect_trials.inline import InlineExecutor
+from connect_trials.progress import trial_progress
+from connect_trials.scheduler import FMIN_CANCELLED_REASON_USER, SearchLimits, TrialScheduler
+from connect_trials.session import ServerWatchdog, give_up_quickly, server_address, wakeable_backoffs
+from connect_trials.tracking import FminSettings, FminTracker, create_tracker
+
+logger = logging.getLogger("connect_trials")
+
+
+class FminRun:
+    """Runs one fmin's trials on ``trials`` (a ``ConnectTrials``)."""
+
+    def __init__(self, trials: Any, call: FminCall, objective_blob: bytes, domain: base.Domain,
+                 space: Any, early_stop_fn: Callable[..., Any] | None, progress_callback: Any,
+                 trials_save_file: str) -> None:  # fmt: skip
+        self.trials = trials
+        self.call = call
+        self.objective_blob = objective_blob
+        self.domain = domain
+        self.progress_callback = progress_callback
+        self.trials_save_file = trials_save_file
+        self.settings = FminSettings(
+            fmin_id=uuid.uuid4().hex,
+            max_evals=None if call.unlimited else call.max_evals,
+            parallelism=trials.parallelism,
+            user_specified_parallelism=trials.user_specified_parallelism,
+            timeout=trials.timeout,
+            algo=call.algo,
+            max_queue_len=call.max_queue_len,
+            space=space,
+            objective_name=str(getattr(domain.fn, "__name__", "") or ""),
+            resume_run_id=trials._resume_parent_run_id,
+            resume_fmin_uuid=getattr(trials, "_resume_fmin_uuid", None),  # None in older save files
+        )
+        self.limits = SearchLimits(
+            max_evals=call.max_evals,
+            loss_threshold=call.loss_threshold,
+            early_stop_fn=early_stop_fn,
+            max_queue_len=call.max_queue_len,
+            deadline=None if trials.timeout is None else call.called_at + trials.timeout,
+        )
+        self.scheduler: TrialScheduler | None = None
+
+    def run(self, spark: Any) -> None:
+        trials = self.trials
+        tracker = create_tracker(spark, trials.mlflow_tracking)
+        address = None if trials.debug else server_address(spark)
+        error: BaseException | None = None
+        try:
+            if address:
+                wakeable_backoffs(spark)
+            # The client's retry policy is left alone (other threads and fmins share it); a
+            # watchdog tells a dead server from a slow one instead, from the objective's
+            # upload to the last trial.
+            watchdog = ServerWatchdog(address, self._server_gone(spark)) if address else None
+            with watchdog or contextlib.nullcontext():
+                self._start_and_run(spark, tracker)
+        except BaseException as exc:
+            error = exc
+            if isinstance(exc, KeyboardInterrupt):
+                trials._fmin_cancelled = True
+                trials._fmin_cancelled_reason = FMIN_CANCELLED_REASON_USER
+            if isinstance(exc, ClusterUnavailableError):
+                give_up_quickly(spark)  # what still talks to the dead session must not hang
+            raise
+        finally:
+            tracker.fmin_finished(trials, error)
+            logger.info(
+                f"Total Trials: {trials.count_total_trials()}: {trials.count_successful_trials()} "
+                f"succeeded, {trials.count_failed_trials()} failed, "
+                f"{trials.count_cancelled_trials()} cancelled."
+            )
+
+    def _start_and_run(self, spark: Any, tracker: FminTracker) -> None:
+        """Open the tracking, ship the objective (after the tracking: its environment travels
+        with it), run the trials (each checks that the worker can run this client's pickles)."""
+        trials = self.trials
+        tracker.fmin_started(self.settings)
+        # The fmin's worker environment (credentials included) travels once, inside the
+        # objective's artifact, never inside a job's plan.
+        fmin_environ = tracker.worker_environ()
+        executor: job.TrialExecutor
+        if trials.debug:
+            executor = InlineExecutor(self.objective_blob, fmin_environ)
+        else:
+            executor = job.SparkJobExecutor(
+                spark, self.settings.fmin_id, self.objective_blob, fmin_environ, trials._resource_profile
+            )
+        save_file = self.trials_save_file
+        total = None if self.call.unlimited else self.call.max_evals
+        with trial_progress(self.progress_callback, initial=0, total=total) as progress:
+            self.scheduler = TrialScheduler(
+                trials=trials, domain=self.domain, algo=self.call.algo, rstate=self.call.rstate,
+                executor=executor, parallelism=trials.parallelism, limits=self.limits, tracker=tracker,
+                progress=progress,
+                after_trial=(lambda: resume.save_trials(trials, save_file)) if save_file else (lambda: None),
+            )  # fmt: skip
+            try:
+                self.scheduler.run()
+            except KeyboardInterrupt:
+                logger.debug("fmin thread terminated by user.")
+                raise
+            except BaseException:
+                logger.debug("fmin thread exits with an exception raised.")
+                raise
+            logger.debug("fmin thread exits normally.")
+
+    def _server_gone(self, spark: Any) -> Callable[[str], None]:
+        """What follows the watchdog's word that the server is gone: the dead session's
+        retries end, and the scheduler stops (if it runs yet: before it does, the bounded
+        retries fail the setup's calls instead)."""
+
+        def gone(reason: str) -> None:
+            give_up_quickly(spark)
+            if self.scheduler is not None:
+                self.scheduler.server_gone(reason)
+
+        return gone
