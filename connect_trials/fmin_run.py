@@ -18,11 +18,10 @@ from hyperopt import base
 
 from connect_trials import job, resume
 from connect_trials.arguments import FminCall
-from connect_trials.errors import ClusterUnavailableError
 from connect_trials.inline import InlineExecutor
 from connect_trials.progress import trial_progress
 from connect_trials.scheduler import FMIN_CANCELLED_REASON_USER, SearchLimits, TrialScheduler
-from connect_trials.session import ServerWatchdog, give_up_quickly, server_address, wakeable_backoffs
+from connect_trials.session import watched
 from connect_trials.tracking import FminSettings, FminTracker, create_tracker
 
 logger = logging.getLogger("connect_trials")
@@ -65,24 +64,17 @@ class FminRun:
     def run(self, spark: Any) -> None:
         trials = self.trials
         tracker = create_tracker(spark, trials.mlflow_tracking)
-        address = None if trials.debug else server_address(spark)
         error: BaseException | None = None
         try:
-            if address:
-                wakeable_backoffs(spark)
-            # The client's retry policy is left alone (other threads and fmins share it); a
-            # watchdog tells a dead server from a slow one instead, from the objective's
-            # upload to the last trial.
-            watchdog = ServerWatchdog(address, self._server_gone(spark)) if address else None
-            with watchdog or contextlib.nullcontext():
+            # A watchdog tells a dead server from a slow one, from the objective's upload to
+            # the last trial; the session's retry policies are left as they were found.
+            with contextlib.nullcontext() if trials.debug else watched(spark, self._server_gone):
                 self._start_and_run(spark, tracker)
         except BaseException as exc:
             error = exc
             if isinstance(exc, KeyboardInterrupt):
                 trials._fmin_cancelled = True
                 trials._fmin_cancelled_reason = FMIN_CANCELLED_REASON_USER
-            if isinstance(exc, ClusterUnavailableError):
-                give_up_quickly(spark)  # what still talks to the dead session must not hang
             raise
         finally:
             tracker.fmin_finished(trials, error)
@@ -126,14 +118,8 @@ class FminRun:
                 raise
             logger.debug("fmin thread exits normally.")
 
-    def _server_gone(self, spark: Any) -> Callable[[str], None]:
-        """What follows the watchdog's word that the server is gone: the dead session's
-        retries end, and the scheduler stops (if it runs yet: before it does, the bounded
-        retries fail the setup's calls instead)."""
-
-        def gone(reason: str) -> None:
-            give_up_quickly(spark)
-            if self.scheduler is not None:
-                self.scheduler.server_gone(reason)
-
-        return gone
+    def _server_gone(self, reason: str) -> None:
+        """The watchdog's word that the server is gone, to the scheduler (if it runs yet:
+        before it does, the session's calls give up at once instead, see session.watched)."""
+        if self.scheduler is not None:
+            self.scheduler.server_gone(reason)

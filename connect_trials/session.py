@@ -2,18 +2,22 @@
 
 The Connect client's retry policy is shared by every thread and every fmin that uses the
 session, so fmin never changes it while the server may still answer. Instead each fmin runs
-a :class:`ServerWatchdog` that opens a TCP connection to the server every second: a busy or
-briefly paused server still accepts connections (the kernel does, for a stopped process), a
-dead one refuses them. Only after ``SERVER_GONE_AFTER_S`` of refusals is the server declared
-gone; then fmin fails with ``ClusterUnavailableError`` and the dead session, which nobody can
-use any more, gets a retry policy that gives up in seconds so that the process can exit.
-Retry loops already asleep in a back-off (up to a minute each by default) are woken too: the
-watchdog makes the session's back-offs wait on an event that the server's death sets.
+inside :func:`watched`: a :class:`ServerWatchdog` opens a TCP connection to the server every
+second. A busy or briefly paused server still accepts connections (the kernel does, for a
+stopped process), a dead one refuses them. Only a refusal counts: a timeout, a failed name
+lookup or an unreachable network says nothing about the server (a client behind a proxy may
+have no direct route to it at all). After ``SERVER_GONE_AFTER_S`` of refusals in a row the
+server is declared gone; fmin fails with ``ClusterUnavailableError``, and the session's retry
+loops still under way give up at once: their back-offs (up to a minute each by default) wait
+on an event that the server's death sets. When fmin returns, the session is as it was found.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import enum
+import errno
 import hashlib
 import logging
 import os
@@ -21,7 +25,9 @@ import socket
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
+from types import TracebackType
 from typing import Any
 
 from connect_trials.errors import ClusterUnavailableError
@@ -38,8 +44,8 @@ _PROBE_EVERY_S = 1.0
 _PROBE_TIMEOUT_S = 2.0
 
 # The policy of a session whose server is gone: 5 retries, 0.1 s doubling to at most 1 s
-# (about 2.5 s in all, none where the back-offs are woken), so that what still talks to it
-# (the release of the session at exit) gives up at once instead of hanging the process.
+# (about 2.5 s in all), so that what still talks to it (its release by spark.stop(), at
+# exit) gives up in seconds instead of hanging the process for the default ~10 minutes.
 _RETRIES, _INITIAL_BACKOFF_MS, _MAX_BACKOFF_MS = 5, 100, 1000
 
 # Error conditions of the Connect client that say the session or its server is gone.
@@ -122,11 +128,60 @@ def server_address(spark: Any) -> tuple[str, int] | None:
         return None
 
 
+class Probe(enum.Enum):
+    """What one TCP connect to the server says."""
+
+    ACCEPTED = "accepted"
+    REFUSED = "refused"  # nothing listens there: the only evidence that the server is gone
+    UNKNOWN = "unknown"  # a timeout, a failed name lookup, no route: no evidence either way
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    kind: Probe
+    detail: str = ""
+
+
+# Errors of an address that this host cannot use at all (an IPv6 address without IPv6): they
+# do not make a refusal by the host's other addresses less certain.
+_UNUSABLE_ADDRESS_ERRNOS = frozenset({errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})
+
+
+def probe_server(address: tuple[str, int], timeout: float = _PROBE_TIMEOUT_S) -> ProbeResult:
+    """One TCP connect to each address of ``address`` (as ``socket.create_connection``)."""
+    host, port = address
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:  # socket.gaierror: DNS, not the server
+        return ProbeResult(Probe.UNKNOWN, f"cannot resolve {host}: {exc}")
+    refused: list[OSError] = []
+    other: list[OSError] = []
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(timeout)
+                sock.connect(sockaddr)
+            return ProbeResult(Probe.ACCEPTED)
+        except ConnectionRefusedError as exc:
+            refused.append(exc)
+        except OSError as exc:  # TimeoutError, ENETUNREACH, EHOSTUNREACH, ...
+            other.append(exc)
+    detail = "; ".join(str(exc) or type(exc).__name__ for exc in refused + other)
+    if refused and all(exc.errno in _UNUSABLE_ADDRESS_ERRNOS for exc in other):
+        return ProbeResult(Probe.REFUSED, detail)
+    return ProbeResult(Probe.UNKNOWN, detail or "no address")
+
+
 class ServerWatchdog:
     """Declares a server gone after it refused TCP connections for ``gone_after`` seconds.
 
-    Runs in a thread of its own for one fmin; ``on_gone`` is called once, from that thread.
-    Nothing it does touches the session, so other users of the session see no change."""
+    Runs in a thread of its own; ``on_gone`` is called once, from that thread. Only refusals
+    count (see :func:`probe_server`). A probe that cannot tell (a timeout, a failed lookup, an
+    unreachable network) is logged at DEBUG and starts the count again, as an accepted
+    connection does: the verdict needs ``gone_after`` seconds of refusals in a row, because a
+    wrong verdict kills a healthy fmin while a late one only delays the failure that the
+    trials' own calls report anyway. Nothing it does touches a session, so it serves any
+    caller that wants to know whether a server is there (fmin, a reconnect)."""
 
     def __init__(
         self,
@@ -134,13 +189,16 @@ class ServerWatchdog:
         on_gone: Callable[[str], None],
         gone_after: float = SERVER_GONE_AFTER_S,
         probe_every: float = _PROBE_EVERY_S,
+        probe: Callable[[tuple[str, int]], ProbeResult] = probe_server,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.address = address
         self._on_gone = on_gone
         self._gone_after = gone_after
         self._probe_every = probe_every
+        self._probe = probe
+        self._clock = clock
         self._stopped = threading.Event()
-        self.gone = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="connect-trials-watchdog", daemon=True)
 
     def __enter__(self) -> ServerWatchdog:
@@ -151,88 +209,223 @@ class ServerWatchdog:
         self._stopped.set()
 
     def _watch(self) -> None:
+        where = f"{self.address[0]}:{self.address[1]}"
         refused_since: float | None = None
+        warned = False  # once per outage: from the first refusal after an accepted connection
+        last: Probe | None = None
         while not self._stopped.wait(self._probe_every):
-            error = _refusal(self.address)
-            if error is None:
-                refused_since = None
+            result = self._probe(self.address)
+            if result.kind is not Probe.REFUSED:
+                if result.kind is Probe.UNKNOWN and last is not Probe.UNKNOWN:
+                    logger.debug(
+                        "cannot tell whether the Spark Connect server at %s is there (%s); "
+                        "not counted as a refusal",
+                        where,
+                        result.detail,
+                    )
+                warned = warned and result.kind is not Probe.ACCEPTED
+                refused_since, last = None, result.kind
                 continue
-            now = time.monotonic()
+            last = Probe.REFUSED
+            now = self._clock()
             if refused_since is None:
                 refused_since = now
-                logger.warning(
-                    "the Spark Connect server at %s:%s does not accept connections (%s); "
-                    "fmin gives up on it after %.0f s",
-                    *self.address,
-                    error,
-                    self._gone_after,
-                )
-            if now - refused_since >= self._gone_after:
-                self.gone.set()
+                if not warned:
+                    warned = True
+                    logger.warning(
+                        "the Spark Connect server at %s refuses connections (%s); fmin gives "
+                        "up on it after %.0f s of refusals",
+                        where,
+                        result.detail,
+                        self._gone_after,
+                    )
+            if now - refused_since >= self._gone_after and not self._stopped.is_set():
                 self._on_gone(
-                    f"the Spark Connect server at {self.address[0]}:{self.address[1]} refused "
-                    f"connections for {now - refused_since:.0f} s ({error})"
+                    f"the Spark Connect server at {where} refused connections for "
+                    f"{now - refused_since:.0f} s ({result.detail})"
                 )
                 return
 
 
-def _refusal(address: tuple[str, int]) -> str | None:
-    """None when the server accepts a TCP connection, else why not."""
-    try:
-        with socket.create_connection(address, timeout=_PROBE_TIMEOUT_S):
-            return None
-    except OSError as exc:
-        return str(exc) or type(exc).__name__
+class ServerWatch:
+    """The context of one fmin on a session: its server watched, the session as found after.
+
+    Use it through :func:`watched`. Within the block, the Connect client's retry loops sleep
+    their back-offs on an event (they sleep as long as before), and a
+    :class:`ServerWatchdog` probes the server. When the server is declared gone (by the
+    watchdog, by :meth:`give_up`, or by a ``ClusterUnavailableError`` leaving the block),
+    every retry loop started within the block ends at its next attempt, asleep or not, and
+    so do the loops that the block's calls start later (pyspark's release of an interrupted
+    execution runs in a thread pool that the interpreter joins at exit: a CI run hung there
+    for a minute-long back-off). Then ``on_gone(reason)`` is called, once, if the watchdog
+    was the one to tell.
+
+    After the block, the client's ``_retrying`` is what it was, and the user's retry policy
+    objects were never modified (their ``max_retries`` included), so a session whose server
+    was not declared gone is exactly as found. One whose server was declared gone keeps a
+    policy that gives up in seconds: whatever still talks to it afterwards (``spark.stop()``
+    releasing the session, pyspark's exit hooks) would otherwise retry for ~10 minutes
+    against a server that refused connections for ``SERVER_GONE_AFTER_S``. The user's own
+    policies are kept in :attr:`found_policies`, for a caller that sees the server back
+    (``client.set_retry_policies(watch.found_policies)``).
+
+    Several fmins may watch one session at once (threads): they share the wakeable retry
+    loops, and the last to leave puts ``_retrying`` back. Classic sessions, and Connect
+    sessions without an endpoint, are not watched."""
+
+    def __init__(
+        self,
+        spark: Any,
+        on_gone: Callable[[str], None],
+        gone_after: float = SERVER_GONE_AFTER_S,
+        probe_every: float = _PROBE_EVERY_S,
+    ) -> None:
+        self._spark = spark
+        self._on_gone = on_gone
+        self.address = server_address(spark)
+        self._watchdog = (
+            ServerWatchdog(self.address, self._declared_gone, gone_after, probe_every)
+            if self.address is not None
+            else None
+        )
+        self._retries: _WakeableRetries | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self.gone_reason: str | None = None  # why the server was declared gone, if it was
+        self.found_policies: list[Any] = []
+
+    def __enter__(self) -> ServerWatch:
+        if self._watchdog is None:
+            return self
+        client = self._spark.client
+        self.found_policies = list(client.get_retry_policies())
+        self._retries = _WakeableRetries.join(client)
+        self._watchdog.__enter__()
+        return self
+
+    def give_up(self, reason: str) -> bool:
+        """Declare the server gone (fmin's own evidence); False if it was, or the block ended."""
+        with self._lock:
+            if self._closed or self.gone_reason is not None or self._watchdog is None:
+                return False
+            self.gone_reason = reason
+            if self._retries is not None:
+                self._retries.give_up()
+            else:  # a client without the internals: at least its new calls give up quickly
+                self._spark.client.set_retry_policies([_bounded_policy(_default_policy_class())])
+        logger.debug("the Spark Connect server is declared gone: %s", reason)
+        return True
+
+    def _declared_gone(self, reason: str) -> None:
+        if self.give_up(reason):
+            self._on_gone(reason)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(exc, ClusterUnavailableError):
+            self.give_up(str(exc))
+        with self._lock:
+            self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.__exit__()
+        if self._retries is not None:
+            self._retries.leave()
 
 
-# The event, on a Connect client, that ends the back-offs of its retry loops.
-_BACKOFF_ENDS = "_connect_trials_backoff_ends"
+def watched(
+    spark: Any,
+    on_gone: Callable[[str], None],
+    gone_after: float = SERVER_GONE_AFTER_S,
+    probe_every: float = _PROBE_EVERY_S,
+) -> ServerWatch:
+    """The context one fmin runs in: ``with watched(spark, on_gone): ...`` (see :class:`ServerWatch`)."""
+    return ServerWatch(spark, on_gone, gone_after, probe_every)
 
 
-def wakeable_backoffs(spark: Any) -> None:
-    """Let :func:`give_up_quickly` wake the session's retry loops from their back-off.
+# The _WakeableRetries of a Connect client, while some fmin watches it.
+_WATCHED_RETRIES = "_connect_trials_watched_retries"
+_JOIN_LOCK = threading.Lock()
+_ABSENT = object()
 
-    pyspark sleeps between attempts with ``time.sleep``, up to a minute per attempt: a call that
-    went to sleep before the server was declared gone would sleep on, and pyspark's release of
-    an interrupted execution runs in a thread that the interpreter joins at exit. Here each of
-    the client's retry loops sleeps on an event instead, which times out like the sleep until
-    the server is declared gone. Nothing else changes for other users of the session.
-    Idempotent; a client without these internals is left as it is."""
-    if session_kind(spark) != CONNECT:
-        return
-    client = spark.client
-    if getattr(client, _BACKOFF_ENDS, None) is not None:
-        return
-    make_retrying = getattr(client, "_retrying", None)
-    if make_retrying is None or not hasattr(make_retrying(), "_sleep"):
-        return
-    ends = threading.Event()
 
-    def retrying() -> Any:
-        loop = make_retrying()
-        loop._sleep = ends.wait  # wait(seconds) sleeps as long as time.sleep(seconds), unless set
+class _WakeableRetries:
+    """A Connect client's retry loops, sleeping on an event while fmins watch the client.
+
+    pyspark makes each loop with ``client._retrying()`` (read per call; the reattaching
+    iterators keep the callable they were made with) and sleeps between attempts with
+    ``loop._sleep``; each loop reads its ``_policies`` at every attempt. Here ``_retrying``
+    makes the client's loops as before, except that they sleep on ``_backoff_ends`` (a wait
+    that times out as the sleep would) and are remembered, weakly, so that :meth:`give_up`
+    can end them without touching the user's policy objects."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._found = client.__dict__.get("_retrying", _ABSENT)
+        self._make_loop = client._retrying
+        self._backoff_ends = threading.Event()
+        self._lock = threading.Lock()
+        self._loops: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._server_gone = False
+        self._watches = 0
+
+    @classmethod
+    def join(cls, client: Any) -> _WakeableRetries | None:
+        """The client's wakeable loops, installed by the first watch; None without pyspark's internals."""
+        with _JOIN_LOCK:
+            retries = getattr(client, _WATCHED_RETRIES, None)
+            if retries is None:
+                make_loop = getattr(client, "_retrying", None)
+                sample = make_loop() if make_loop is not None else None
+                if not (hasattr(sample, "_sleep") and isinstance(getattr(sample, "_policies", None), list)):
+                    return None
+                retries = cls(client)
+                client._retrying = retries._retrying
+                setattr(client, _WATCHED_RETRIES, retries)
+            retries._watches += 1
+            return retries
+
+    def leave(self) -> None:
+        """One watch ends; the last gives the client its own ``_retrying`` back."""
+        with _JOIN_LOCK:
+            self._watches -= 1
+            if self._watches > 0:
+                return
+            delattr(self._client, _WATCHED_RETRIES)
+            if self._found is _ABSENT:
+                self._client.__dict__.pop("_retrying", None)  # the class's own method again
+            else:
+                self._client._retrying = self._found
+
+    def _retrying(self) -> Any:
+        loop = self._make_loop()
+        loop._sleep = self._backoff_ends.wait  # wait(s) lasts as long as time.sleep(s), unless set
+        with self._lock:
+            if self._server_gone:
+                loop._policies = []  # no policy retries anything: the call fails at once
+            else:
+                self._loops.add(loop)
         return loop
 
-    client._retrying = retrying  # read per call, and by the reattaching iterators it makes
-    setattr(client, _BACKOFF_ENDS, ends)
+    def give_up(self) -> None:
+        """End every loop made here: no more retries, no more back-off. New calls on the
+        client get a policy that gives up in seconds."""
+        with self._lock:
+            if self._server_gone:
+                return
+            self._server_gone = True
+            loops = list(self._loops)
+        for loop in loops:
+            loop._policies = []  # read at the loop's next attempt
+        self._client.set_retry_policies([_bounded_policy(_default_policy_class())])
+        self._backoff_ends.set()
 
 
-def give_up_quickly(spark: Any) -> None:
-    """Bound the retries of a session whose server is gone: nobody can use it any more, and
-    what still talks to it (a call already retrying, pyspark's release of the session at
-    exit) must not hang. Calls already in their retry loop stop at their next attempt, which
-    comes at once where :func:`wakeable_backoffs` was called."""
-    if session_kind(spark) != CONNECT:
-        return
+def _default_policy_class() -> Any:
     from pyspark.sql.connect.client.retries import DefaultPolicy
 
-    client = spark.client
-    for policy in client.get_retry_policies():
-        policy.max_retries = 0  # read by in-flight retry loops at their next attempt
-    client.set_retry_policies([_bounded_policy(DefaultPolicy)])
-    ends = getattr(client, _BACKOFF_ENDS, None)
-    if ends is not None:
-        ends.set()
+    return DefaultPolicy
+
 
 
 def _bounded_policy(policy_class: Any) -> Any:

@@ -69,100 +69,168 @@ def test_a_classic_or_unknown_session_has_no_address_to_watch():
     assert server_address(object()) is None
 
 
-def test_a_session_declared_dead_ends_the_retry_loops_already_under_way():
-    import grpc
-    from pyspark.sql.connect.client.retries import DefaultPolicy, Retrying
-    from pyspark.sql.connect.session import SparkSession as ConnectSession
-
-    from connect_trials.session import give_up_quickly
-
-    class Client:
-        policies = [DefaultPolicy()]  # ~10 minutes of retries
-
-        def get_retry_policies(self):
-            return list(self.policies)
-
-        def set_retry_policies(self, policies):
-            self.policies = list(policies)
-
-    class Unavailable(grpc.RpcError):
-        def code(self):
-            return grpc.StatusCode.UNAVAILABLE
-
-        def trailing_metadata(self):
-            return ()
-
-        def details(self):
-            return "connection refused"
-
-    session = ConnectSession.__new__(ConnectSession)
-    session.__dict__["_client"] = Client()
-    sleeps: list[float] = []
-
-    def sleep(seconds: float) -> None:  # the watchdog declares the server gone meanwhile
-        sleeps.append(seconds)
-        if len(sleeps) == 1:
-            give_up_quickly(session)
-
-    try:
-        for attempt in Retrying(session.__dict__["_client"].get_retry_policies(), sleep=sleep):
-            with attempt:
-                raise Unavailable()
-    except Unavailable:
-        pass
-    assert len(sleeps) == 1  # not the 15 retries of the default policy
-
-
-def test_a_call_asleep_in_a_minute_long_back_off_wakes_when_the_server_is_declared_gone():
-    """The CI run that hung: a retry loop (pyspark's release of an interrupted execution, in a
-    thread the interpreter joins at exit) had gone to sleep for a 51 s back-off before the
-    watchdog spoke. A real Connect client, aimed at a port where nothing listens."""
-    import socket
-    import threading
-
+def _session_on(port: int):  # type: ignore[no-untyped-def]
+    """A real Connect client for ``port`` (nothing is sent until a call is made)."""
     from pyspark.sql import SparkSession
-    from pyspark.sql.connect.client.retries import DefaultPolicy
 
-    from connect_trials.session import give_up_quickly, wakeable_backoffs
+    return SparkSession.builder.remote(f"sc://127.0.0.1:{port}").create()
+
+
+def _port_where_nothing_listens() -> int:
+    import socket
 
     with socket.create_server(("127.0.0.1", 0)) as closed:
-        port = closed.getsockname()[1]
-    spark = SparkSession.builder.remote(f"sc://127.0.0.1:{port}").create()
-    client = spark.client
-    client.set_retry_policies([DefaultPolicy(initial_backoff=60_000, jitter=0)])
-    wakeable_backoffs(spark)
-    wakeable_backoffs(spark)  # a second fmin on the session changes nothing
+        return closed.getsockname()[1]
+
+
+def _what_the_client_was(client):  # type: ignore[no-untyped-def]
+    policies = client.get_retry_policies()
+    return client.__dict__.get("_retrying"), policies, [vars(policy).copy() for policy in policies]
+
+
+def _call_asleep_in_a_minute_long_back_off(spark):  # type: ignore[no-untyped-def]
+    """A call on ``spark`` in a thread, and an event set once its retry loop sleeps."""
+    import threading
 
     asleep = threading.Event()
-    make_retrying = client._retrying
+    make_retrying = spark.client._retrying
 
-    def watched_retrying():
+    def retrying():  # type: ignore[no-untyped-def]
         loop = make_retrying()
         backoff = loop._sleep
 
-        def sleep(seconds):
+        def sleep(seconds: float) -> None:
             asleep.set()
             backoff(seconds)
 
         loop._sleep = sleep
         return loop
 
-    client._retrying = watched_retrying
+    spark.client._retrying = retrying
     failed: list[BaseException] = []
 
-    def call():
+    def call() -> None:
         try:
             spark.range(1).collect()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - recorded for the test
             failed.append(exc)
 
     caller = threading.Thread(target=call, daemon=True)
     caller.start()
-    try:
-        assert asleep.wait(30), "the call never reached its back-off"
-        give_up_quickly(spark)
+    assert asleep.wait(30), "the call never reached its back-off"
+    return caller, failed
+
+
+def test_a_session_leaves_the_watch_with_its_own_retrying_and_policy_objects_however_the_block_ends():
+    import socket
+
+    from pyspark.sql.connect.client.retries import DefaultPolicy
+
+    from connect_trials.session import watched
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # the kernel accepts: a live server
+        spark = _session_on(listener.getsockname()[1])
+        client = spark.client
+        try:
+            client.set_retry_policies([DefaultPolicy(max_retries=7), DefaultPolicy(initial_backoff=9)])
+            found = _what_the_client_was(client)
+            for raised in (None, KeyboardInterrupt, ValueError):
+                try:
+                    with watched(spark, lambda reason: None) as watch:
+                        assert client.__dict__.get("_retrying") is not None  # back-offs are wakeable
+                        if raised is not None:
+                            raise raised()
+                except (KeyboardInterrupt, ValueError):
+                    pass
+                assert watch.gone_reason is None
+                now = _what_the_client_was(client)
+                assert now[0] is found[0] is None  # the class's own _retrying again
+                assert [id(p) for p in now[1]] == [id(p) for p in found[1]]  # the same objects
+                assert now[2] == found[2], raised  # max_retries and all, unchanged
+        finally:
+            client.close()
+
+
+def test_fmins_watching_one_session_at_once_share_its_loops_and_the_last_puts_them_back():
+    import socket
+
+    from connect_trials.session import watched
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        spark = _session_on(listener.getsockname()[1])
+        try:
+            first, second = watched(spark, print), watched(spark, print)
+            first.__enter__()
+            second.__enter__()
+            wakeable = spark.client.__dict__["_retrying"]
+            first.__exit__(None, None, None)  # not in the order they came
+            assert spark.client.__dict__["_retrying"] is wakeable  # the second fmin still runs
+            second.__exit__(None, None, None)
+            assert "_retrying" not in spark.client.__dict__
+        finally:
+            spark.client.close()
+
+
+def test_a_server_declared_gone_ends_the_calls_in_flight_and_leaves_the_users_policy_objects_alone():
+    """The CI hang (a call asleep in a 51 s back-off kept the process from exiting), now with
+    the real watchdog on a port that refuses: the call ends, the user's policy objects keep
+    their retries, and the dead session gives up in seconds afterwards (spark.stop())."""
+    import threading
+
+    from pyspark.sql.connect.client.retries import DefaultPolicy
+
+    from connect_trials.session import watched
+
+    spark = _session_on(_port_where_nothing_listens())
+    users_policy = DefaultPolicy(initial_backoff=60_000, jitter=0)  # 15 retries, a minute apart
+    spark.client.set_retry_policies([users_policy])
+    declared = threading.Event()
+    reasons: list[str] = []
+
+    def on_gone(reason: str) -> None:
+        reasons.append(reason)
+        declared.set()
+
+    with watched(spark, on_gone, gone_after=0.3, probe_every=0.05) as watch:
+        caller, failed = _call_asleep_in_a_minute_long_back_off(spark)
+        assert declared.wait(30)
         caller.join(15)  # the back-off alone is 60 s
         assert not caller.is_alive(), "the call slept on after the server was declared gone"
         assert failed, "a call to a server that is not there must fail"
+    assert len(reasons) == 1 and "refused connections" in reasons[0] and watch.gone_reason == reasons[0]
+    assert users_policy.max_retries == 15  # never modified
+    assert watch.found_policies == [users_policy]
+    assert "_retrying" not in spark.client.__dict__
+    stopping = threading.Thread(target=spark.stop, daemon=True)
+    stopping.start()
+    stopping.join(30)  # the user's policy would retry the release for 15 minutes
+    assert not stopping.is_alive(), "spark.stop() on the dead session did not give up"
+
+
+def test_a_cluster_unavailable_error_leaving_the_block_ends_the_calls_in_flight():
+    """fmin's own evidence (a trial's call failed with UNAVAILABLE) before the watchdog's."""
+    import pytest
+    from pyspark.sql.connect.client.retries import DefaultPolicy
+
+    from connect_trials.errors import ClusterUnavailableError
+    from connect_trials.session import watched
+
+    spark = _session_on(_port_where_nothing_listens())
+    spark.client.set_retry_policies([DefaultPolicy(initial_backoff=60_000, jitter=0)])
+    try:
+        with pytest.raises(ClusterUnavailableError):
+            with watched(spark, lambda reason: None) as watch:  # the watchdog's 20 s never pass
+                caller, failed = _call_asleep_in_a_minute_long_back_off(spark)
+                raise ClusterUnavailableError("the trial's call says the server is gone")
+        caller.join(15)
+        assert not caller.is_alive(), "the call slept on after fmin gave up on the server"
+        assert failed and watch.gone_reason == "the trial's call says the server is gone"
     finally:
         spark.client.close()
+
+
+def test_a_classic_or_unknown_session_is_not_watched():
+    from connect_trials.session import watched
+
+    with watched(object(), lambda reason: None) as watch:
+        assert watch.address is None
