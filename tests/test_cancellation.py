@@ -14,6 +14,7 @@ import pytest
 from hyperopt import STATUS_OK, anneal, fmin, hp, rand
 
 from connect_trials import ConnectTrials
+from connect_trials.tracking import FminTracker
 from tests.conftest import captured_log
 
 
@@ -357,7 +358,7 @@ def test_a_new_fmin_on_cancelled_trials_runs_its_trials(spark):
     assert trials.fmin_cancelled_reason is None
 
 
-class SlowTracker:
+class SlowTracker(FminTracker):
     """A tracker whose server takes longer to open the parent run than fmin's timeout."""
 
     def __init__(self, seconds: float = 0.0, interrupt: bool = False) -> None:
@@ -382,7 +383,7 @@ class SlowTracker:
 
 def test_timeout_counts_from_the_fmin_call_tracking_setup_included(spark, monkeypatch):
     tracker = SlowTracker(seconds=2.0)
-    monkeypatch.setattr("connect_trials.trials.create_tracker", lambda spark, enabled: tracker)
+    monkeypatch.setattr("connect_trials.fmin_run.create_tracker", lambda spark, enabled: tracker)
     trials = ConnectTrials(parallelism=1, timeout=1.5, spark_session=spark)
     started = time.monotonic()
     fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, 5, trials=trials, return_argmin=False)
@@ -394,7 +395,7 @@ def test_timeout_counts_from_the_fmin_call_tracking_setup_included(spark, monkey
 
 def test_a_ctrl_c_while_the_tracking_starts_still_closes_the_tracking(spark, monkeypatch):
     tracker = SlowTracker(interrupt=True)
-    monkeypatch.setattr("connect_trials.trials.create_tracker", lambda spark, enabled: tracker)
+    monkeypatch.setattr("connect_trials.fmin_run.create_tracker", lambda spark, enabled: tracker)
     trials = ConnectTrials(parallelism=1, spark_session=spark)
     with pytest.raises(KeyboardInterrupt):
         fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, 5, trials=trials)
