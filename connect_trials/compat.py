@@ -4,7 +4,7 @@ Objectives travel by value (cloudpickle), and a pickle made by one Python minor 
 fails on another in confusing ways: an unrelated ``TypeError`` in the middle of the first
 trial's traceback, or pyspark's own PYTHON_VERSION_MISMATCH. So every trial's job carries the
 client's versions, and the worker compares them with its own before it unpickles the
-objective (``worker.run_trial``). A mismatch, or pyspark's own refusal of this Python, stops
+objective (``worker.run_objective``). A mismatch, or pyspark's own refusal of this Python, stops
 fmin with :class:`ClusterMismatchError` naming both sides and the fix, and no objective runs.
 
 The check needs no job of its own: a probe job before the first trial cost a fresh session

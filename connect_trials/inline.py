@@ -4,11 +4,14 @@
 IDE's run configuration can switch it on without a code change) swaps the Spark executor for
 :class:`InlineExecutor`. The trial still goes through everything a cluster trial goes
 through except Spark: the objective and its argument are pickled as for a worker and
-unpickled again, and ``worker.run_trial`` calls it with the worker's MLflow shim, output
-capture and error handling. So an objective that would not survive the trip to a worker
-fails here the same way, MLflow tracking is the same, and no Spark session or server is
-needed. The scheduler runs inline trials in fmin's own thread, one at a time, so a
-breakpoint in the objective (an IDE's, or ``breakpoint()``) stops there.
+unpickled again, and ``worker.run_objective`` calls it with the worker's MLflow shim, output
+capture and error handling, on the client host (``worker.Host.CLIENT``): the user's MLflow
+runs, streams and process-wide settings are left as they were, and Ctrl-C (or
+``sys.exit``) in the objective propagates out of ``run_trial`` once the trial is cleaned up.
+So an objective that would not survive the trip to a worker fails here the same way,
+MLflow tracking is the same, and no Spark session or server is needed. The scheduler runs
+inline trials in fmin's own thread, one at a time, so a breakpoint in the objective (an
+IDE's, or ``breakpoint()``) stops there.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ class InlineExecutor:
     def run_trial(self, request: job.TrialRequest) -> job.TrialOutcome:
         if self._cancelled.is_set():
             return job.TrialOutcome(request.tid, job.OutcomeKind.CANCELLED, error_type="cancelled")
-        row = worker.run_trial(self._payload, request.argument_blob, request.environ, in_client=True)
+        row = worker.run_objective(
+            self._payload, request.argument_blob, request.environ, host=worker.Host.CLIENT
+        )
         return job.decode_row(request.tid, row)
 
     def cancel_all(self) -> None:

@@ -6,13 +6,14 @@ resolved on the client) and the worker-side code, which travels by value so that
 cluster needs nothing of ours.
 
 :class:`TrialExecutor` is the one interface the scheduler talks to; the Spark Connect
-executor below is one implementation (an in-process one for debugging comes later).
+executor below is one implementation, ``inline.InlineExecutor`` (debug mode) the other.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 import io
 import logging
 import pickle
@@ -40,7 +41,8 @@ from connect_trials.session import (
 
 logger = logging.getLogger(__name__)
 
-# The worker module is not installed on the cluster: ship its code inside each job.
+# The worker package is not installed on the cluster: ship its code (every module of it)
+# inside each job.
 cloudpickle.register_pickle_by_value(worker)
 
 TAG_PREFIX = "connect-trials"
@@ -178,42 +180,50 @@ def pickle_objective(fn: Any) -> bytes:
     return buffer.getvalue()
 
 
-def ship_objective(spark: Any, objective_blob: bytes, fmin_environ: dict[str, str]) -> bytes | str:
+def ship_objective(spark: Any, objective_blob: bytes, fmin_environ: dict[str, str]) -> worker.ObjectiveRef:
     """Send the objective and the fmin's worker environment to the cluster once; what each
-    trial job then refers to.
+    trial job then refers to. Credentials in the environment never ride inside a Spark plan.
 
     On Spark Connect they become a session file artifact named by its content hash
     (re-adding a name with other content is refused, the same content is a no-op), so each
     job's plan carries a short name instead of the objective, what it captures and the
-    credentials in the environment. A classic session has no artifacts: there the payload
-    rides inline in each job, which stays inside the client's own process and JVM.
-    If the server refuses the artifact, a small objective falls back to riding inline
-    (without the fmin's environment: credentials never travel inside a Spark plan), with a
-    warning; a large one fails the fmin with an error that says what to do.
+    credentials in the environment. If the server refuses the artifact, a small objective
+    falls back to riding inline (without the fmin's environment), with a warning; a large
+    one fails the fmin with an error that says what to do.
+
+    A classic session has no artifacts: the payload becomes a broadcast variable, which the
+    executors fetch from the driver's block manager; each job's task carries its id and the
+    payload's content name.
     """
-    if session_kind(spark) != CONNECT:
-        return worker.objective_payload(objective_blob, fmin_environ)
     payload = worker.objective_payload(objective_blob, fmin_environ)
+    if session_kind(spark) != CONNECT:
+        name = "connect-trials-objective-" + hashlib.sha256(payload).hexdigest()[:40]
+        try:
+            return (name, spark.sparkContext.broadcast(payload))
+        except Exception as exc:  # noqa: BLE001
+            return _inline_fallback(objective_blob, fmin_environ, exc, "a broadcast variable")
     try:
         return add_content_artifact(spark, payload, "connect-trials-objective-", ".pkl", file=True)
     except Exception as exc:  # noqa: BLE001
-        return _inline_fallback(objective_blob, fmin_environ, exc)
+        return _inline_fallback(objective_blob, fmin_environ, exc, "a session artifact")
 
 
-def _inline_fallback(objective_blob: bytes, fmin_environ: dict[str, str], exc: BaseException) -> bytes:
+def _inline_fallback(
+    objective_blob: bytes, fmin_environ: dict[str, str], exc: BaseException, shipped_as: str
+) -> bytes:
     size_mb = len(objective_blob) / 1e6
     if len(objective_blob) > MAX_INLINE_OBJECTIVE_BYTES:
         raise RuntimeError(
-            f"the objective pickles to {size_mb:.1f} MB and the Spark Connect server refused it "
-            f"as a session artifact ({one_line(exc)}). Sending it inside every trial's job is "
+            f"the objective pickles to {size_mb:.1f} MB and the Spark session refused it "
+            f"as {shipped_as} ({one_line(exc)}). Sending it inside every trial's job is "
             f"refused above {MAX_INLINE_OBJECTIVE_BYTES // (1024 * 1024)} MB. Make the objective "
             "small: load large data inside it from storage the workers can read, instead of "
             "capturing it, or let the server accept artifacts."
         ) from exc
     dropped = f"; MLflow variables ({', '.join(sorted(fmin_environ))}) are not sent" if fmin_environ else ""
     logger.warning(
-        "could not ship the objective as a session artifact (%s); sending it (%.1f MB) inside "
-        "every trial's job instead%s",
+        "could not ship the objective as %s (%s); sending it (%.1f MB) inside every trial's job instead%s",
+        shipped_as,
         one_line(exc),
         size_mb,
         dropped,
@@ -251,7 +261,7 @@ def result_struct() -> Any:
 
 
 def build_trial_job(
-    source: Any, objective: bytes | str, request: TrialRequest, resource_profile: Any = None
+    source: Any, objective: worker.ObjectiveRef, request: TrialRequest, resource_profile: Any = None
 ) -> Any:
     """The DataFrame whose collection runs one trial, over :func:`trial_source`'s DataFrame."""
     mine = compat.client_versions()

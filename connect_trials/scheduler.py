@@ -37,6 +37,7 @@ from connect_trials.compat import ClusterMismatchError
 from connect_trials.errors import ClusterUnavailableError, last_line, one_line
 from connect_trials.job import OutcomeKind
 from connect_trials.progress import TrialProgress
+from connect_trials.stopping import StopRules
 from connect_trials.tracking import FminTracker
 from connect_trials.tracking.uris import redacted_text
 from connect_trials.trial_end import (
@@ -44,7 +45,6 @@ from connect_trials.trial_end import (
     TrialEnd,
     argument_of,
     failure_summary,
-    ok_loss,
     output_excerpt,
 )
 
@@ -109,12 +109,12 @@ class TrialScheduler:
         trials.refresh()
         self._n_to_run = limits.max_evals - len(trials)
         self._exhausted = False
-        self._early_stop_args: list[Any] = []
-        # Finished trials in the order they finished: what early_stop_fn sees (see _should_stop).
-        self._finished = [t for t in trials._dynamic_trials if t["state"] == base.JOB_STATE_DONE]
+        self._stop_rules = StopRules(
+            [t for t in trials._dynamic_trials if t["state"] == base.JOB_STATE_DONE],
+            limits.loss_threshold, limits.early_stop_fn,
+        )  # fmt: skip
         self._cancelled_at = math.inf  # time.monotonic() when the first cancellation was issued
         self._settle_grace_s = _CANCEL_GRACE_S
-        self.best_loss = min((ok_loss(t) for t in self._finished), default=math.inf)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -229,8 +229,8 @@ class TrialScheduler:
             if not (self.trials._fmin_cancelled or self._deadline_passed()):
                 outcome = self.executor.run_trial(job.TrialRequest(tid, argument_blob, environ))
         except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt):
-                raise  # debug mode's Ctrl-C (the stop button): the loop cancels the search
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise  # debug mode's Ctrl-C (the IDE's stop button): the loop cancels the search
             outcome = job.TrialOutcome(
                 tid, OutcomeKind.FAILED, error_type=str(type(exc)), error_text=traceback.format_exc()
             )
@@ -262,7 +262,10 @@ class TrialScheduler:
             raise ClusterMismatchError(
                 outcome.error_text or "the Spark workers cannot run this client's objectives"
             )
-        return self._should_stop(trial)
+        if self._stop_rules.stop_after(trial):
+            self._cancel(FMIN_CANCELLED_REASON_EARLY_STOPPING)
+            return True
+        return False
 
     def _end_trial(self, trial: dict[str, Any], end: TrialEnd) -> None:
         """The one way out of a trial, whatever ended it: record the outcome, relay what its
@@ -281,8 +284,7 @@ class TrialScheduler:
         end.write_into(trial)
         if end.state == base.JOB_STATE_DONE:
             logger.debug("trial task %s succeeded, result is %s", tid, end.result)
-            self._finished.append(trial)
-            self.best_loss = min(self.best_loss, ok_loss(trial))
+            self._stop_rules.trial_done(trial)
         elif end.state == base.JOB_STATE_ERROR:
             error_type, error_text = end.error or ("", "")
             logger.error(
@@ -297,9 +299,10 @@ class TrialScheduler:
             logger.debug("trial %s task thread exits normally and writes results back correctly.", tid)
         else:
             logger.debug("trial %s task thread catches an exception and writes the info back correctly.", tid)
+        best_loss = self._stop_rules.best_loss
         if end.state != base.JOB_STATE_CANCEL:  # cancelled trials are not progress
-            self.progress.trial_finished(self.best_loss, running=len(self._running), failed=self._n_failed)
-        self.tracker.trial_finished(trial, self.best_loss)
+            self.progress.trial_finished(best_loss, running=len(self._running), failed=self._n_failed)
+        self.tracker.trial_finished(trial, best_loss)
         self.after_trial()
 
     def _show_worker_warnings(self, outcome: job.TrialOutcome) -> None:
@@ -311,30 +314,6 @@ class TrialScheduler:
             if key not in self._warnings_shown:
                 self._warnings_shown.add(key)
                 logger.warning("trial %s warned on its worker: %s", outcome.tid, redacted_text(message))
-
-    def _should_stop(self, trial: dict[str, Any]) -> bool:
-        threshold = self.limits.loss_threshold
-        if threshold is not None and self.best_loss < threshold:
-            logger.info("fmin reached the loss threshold (%s < %s).", self.best_loss, threshold)
-            self._cancel(FMIN_CANCELLED_REASON_EARLY_STOPPING)
-            return True
-        succeeded = trial["state"] == base.JOB_STATE_DONE and trial["result"].get("status") == base.STATUS_OK
-        if self.limits.early_stop_fn is not None and succeeded:
-            # As upstream, after each successful trial. The function sees the finished trials
-            # in the order they finished, as in a serial fmin: hyperopt's no_progress_loss
-            # reads the last trial's loss, which would be a running trial's in self.trials.
-            stop, args = self.limits.early_stop_fn(self._finished_trials(), *self._early_stop_args)
-            self._early_stop_args = list(args)
-            if stop:
-                self._cancel(FMIN_CANCELLED_REASON_EARLY_STOPPING)
-                return True
-        return False
-
-    def _finished_trials(self) -> base.Trials:
-        view = base.Trials()
-        view._dynamic_trials = list(self._finished)
-        view.refresh()
-        return view
 
     # -- cancellation ----------------------------------------------------------------------
     def _cancel(self, reason: str) -> None:

@@ -97,11 +97,71 @@ def test_debug_mode_is_tracked_as_on_the_cluster(tmp_path, monkeypatch):
     assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
 
 
+def test_a_debug_mode_fmin_inside_the_users_run_leaves_that_run_active(tmp_path, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+
+    def logs(x):
+        import mlflow
+
+        mlflow.log_metric("from_the_objective", x)
+        return x
+
+    with mlflow.start_run() as users_run:
+        fmin(logs, hp.uniform("x", 0, 1), rand.suggest, 2, trials=ConnectTrials(debug=True),
+             show_progressbar=False)  # fmt: skip
+        active = mlflow.active_run()
+        assert active is not None and active.info.run_id == users_run.info.run_id
+        mlflow.log_param("after_fmin", "yes")
+    client = MlflowClient(uri)
+    users = client.get_run(users_run.info.run_id)
+    assert users.data.params.get("after_fmin") == "yes" and "from_the_objective" not in users.data.metrics
+    children = client.search_runs(
+        [users_run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{users_run.info.run_id}'"
+    )
+    assert len(children) == 2 and all("from_the_objective" in r.data.metrics for r in children)
+
+
 # -- replay ------------------------------------------------------------------------------------
 def objective_failing_above_half(x: float) -> float:
     if x > 0.5:
         raise ArithmeticError(f"x={x} is above one half")
     return x
+
+
+def test_ctrl_c_during_a_debug_mode_trial_raises_keyboard_interrupt_and_ends_the_search(ctrl_c):
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def objective(x: float) -> float:
+        import socket
+        import time
+
+        socket.create_connection(("127.0.0.1", port)).close()  # "I am running"
+        time.sleep(60)  # the IDE's stop button comes during this
+        return x
+
+    pressed: list[float] = []
+
+    def press_stop_once_the_trial_runs() -> None:
+        listener.accept()[0].close()
+        pressed.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press_stop_once_the_trial_runs, daemon=True).start()
+    trials = ConnectTrials(debug=True, mlflow_tracking=False)
+    with pytest.raises(KeyboardInterrupt):
+        fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 5, trials=trials, show_progressbar=False)
+    listener.close()
+    assert time.monotonic() - pressed[0] < 5  # not the trial's 60 s, nor the next trials'
+    assert [t["state"] for t in trials._dynamic_trials] == [base.JOB_STATE_CANCEL]
+    assert trials.fmin_cancelled_reason == "fmin run cancelled by user"
 
 
 def test_replay_reruns_a_remote_trial_here_with_the_argument_it_got(spark):

@@ -10,6 +10,7 @@ import pytest
 
 from connect_trials import job, worker
 from connect_trials.job import OutcomeKind, SparkJobExecutor, TrialRequest
+from connect_trials.worker.objective import load_objective
 from tests.conftest import captured_log
 
 
@@ -137,7 +138,7 @@ def test_a_small_objective_whose_upload_fails_rides_inline_with_a_warning_and_no
     assert b"secret" not in ref
     assert "could not ship the objective as a session artifact" in out.getvalue()
     assert "artifacts are disabled" in out.getvalue()
-    assert worker._load_objective(ref) == (len, {})
+    assert load_objective(ref) == (len, {})
 
 
 def test_a_large_objective_whose_upload_fails_is_refused_with_the_fix(connect_kind):

@@ -138,3 +138,22 @@ def test_debug_mode_captures_the_output_and_still_shows_it_on_the_terminal(
     shown = capfd.readouterr()
     assert "loading the data" in shown.out
     assert "the data has 0 rows" in shown.err
+
+
+def prints_2_mib_and_looks_at_its_stdout(x: float) -> dict[str, Any]:
+    import stat
+
+    for _ in range(2 * 1024):
+        print("y" * 1023)
+    stdout = os.fstat(1)
+    return {"loss": x, "status": STATUS_OK, "stdout_is_a_file": stat.S_ISREG(stdout.st_mode),
+            "stdout_size": stdout.st_size}  # fmt: skip
+
+
+def test_a_trial_that_prints_megabytes_holds_them_in_no_file_on_its_worker(spark: Any) -> None:
+    trials = run(spark, prints_2_mib_and_looks_at_its_stdout)
+
+    [trial] = trials.trials
+    assert not (trial["result"]["stdout_is_a_file"] and trial["result"]["stdout_size"] > 1024 * 1024)
+    assert len(trial["misc"]["output"].encode()) <= worker.OUTPUT_TAIL_BYTES
+    assert trial["misc"]["output"].splitlines()[-1] == "y" * 1023

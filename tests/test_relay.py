@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from pyspark import cloudpickle
 
 from connect_trials import ConnectTrials, worker
+from connect_trials.worker import relay
 from tests.conftest import captured_log
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -130,19 +131,19 @@ def test_a_store_is_unreachable_when_its_file_or_server_is_not_there(tmp_path: A
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         open_port = listening.getsockname()[1]
-        assert worker._probe_store(f"http://127.0.0.1:{open_port}")
-        assert not worker._probe_store(f"http://127.0.0.1:{closed_port}")
+        assert relay.probe_store(f"http://127.0.0.1:{open_port}")
+        assert not relay.probe_store(f"http://127.0.0.1:{closed_port}")
     (tmp_path / "mlflow.db").touch()
-    assert worker._probe_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert not worker._probe_store(f"sqlite:///{tmp_path / 'elsewhere.db'}")
-    assert worker._probe_store(tmp_path.as_uri())
-    assert not worker._probe_store((tmp_path / "missing").as_uri())
-    assert worker._probe_store("databricks")
+    assert relay.probe_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert not relay.probe_store(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    assert relay.probe_store(tmp_path.as_uri())
+    assert not relay.probe_store((tmp_path / "missing").as_uri())
+    assert relay.probe_store("databricks")
 
 
 def test_the_store_is_probed_once_per_worker_process(monkeypatch: pytest.MonkeyPatch) -> None:
     probes: list[str] = []
-    monkeypatch.setattr(worker, "_probe_store", lambda uri: probes.append(uri) or False)
+    monkeypatch.setattr(relay, "probe_store", lambda uri: probes.append(uri) or False)
     uri = f"http://127.0.0.1:1/{uuid.uuid4().hex}"
-    assert [worker._store_reachable(uri) for _ in range(3)] == [False] * 3
+    assert [relay.store_reachable(uri) for _ in range(3)] == [False] * 3
     assert probes == [uri]

@@ -37,17 +37,17 @@ def double(x):
 def test_the_first_attempts_run_the_objective(task_attempt, attempt):
     task_attempt(attempt)
     payload = worker.objective_payload(cloudpickle.dumps(double), {})
-    row = worker.run_trial(payload, pickle.dumps(21), {})
+    row = worker.run_objective(payload, pickle.dumps(21), {})
     assert row["status"] == worker.STATUS_RETURNED
     assert pickle.loads(row["value"]) == 42  # the objective ran
     assert row["attempt"] == attempt
 
 
-def test_a_later_attempt_is_refused_and_says_the_worker_died_before(task_attempt):
+def test_a_later_attempt_does_not_run_the_objective_and_says_the_worker_died_before(task_attempt):
     task_attempt(worker.MAX_OBJECTIVE_ATTEMPTS)
     payload = worker.objective_payload(cloudpickle.dumps(double), {})
-    row = worker.run_trial(payload, pickle.dumps(21), {})
-    assert row["status"] == worker.STATUS_REFUSED
+    row = worker.run_objective(payload, pickle.dumps(21), {})
+    assert row["status"] == worker.STATUS_ATTEMPTS_EXHAUSTED
     assert row["value"] is None
     assert "Python worker or executor died" in row["error_text"]
     assert "os._exit" in row["error_text"]
@@ -71,7 +71,7 @@ def test_the_environment_is_restored_by_difference_not_cleared(monkeypatch):
         return seen
 
     payload = worker.objective_payload(cloudpickle.dumps(objective), {"CT_FMIN_VAR": "fmin"})
-    row = worker.run_trial(payload, pickle.dumps(None), {"CT_TRIAL_VAR": "trial"})
+    row = worker.run_objective(payload, pickle.dumps(None), {"CT_TRIAL_VAR": "trial"})
     assert row["status"] == worker.STATUS_RETURNED, row["error_text"]
     seen = pickle.loads(row["value"])
     assert seen["CT_FMIN_VAR"] == "fmin" and seen["CT_TRIAL_VAR"] == "trial"
@@ -83,7 +83,7 @@ def test_the_environment_is_restored_by_difference_not_cleared(monkeypatch):
         assert name not in os.environ
 
 
-def test_a_refused_attempt_fails_its_task_instead_of_answering_for_the_trial(task_attempt):
+def test_an_attempt_past_the_limit_fails_its_task_instead_of_answering_for_the_trial(task_attempt):
     """A speculative copy started after the limit must not end a trial whose running attempt
     may still succeed: it fails (Spark counts the failure), it yields no row."""
     task_attempt(worker.MAX_OBJECTIVE_ATTEMPTS)
@@ -118,7 +118,7 @@ def test_a_certificate_file_the_worker_cannot_see_is_placed_there_from_the_clien
     bundle.unlink()  # the worker does not see the client's disk
 
     payload = worker.objective_payload(cloudpickle.dumps(reads_the_ca_bundle), fmin_environ)
-    row = worker.run_trial(payload, pickle.dumps(None), {})
+    row = worker.run_objective(payload, pickle.dumps(None), {})
     assert row["status"] == worker.STATUS_RETURNED, row["error_text"]
     path, content, leftover = pickle.loads(row["value"])
     assert path != str(bundle) and os.path.exists(path)
@@ -136,5 +136,5 @@ def test_a_certificate_file_the_worker_sees_is_left_where_it_is(tmp_path, monkey
     payload = worker.objective_payload(
         cloudpickle.dumps(reads_the_ca_bundle), uris.worker_environ("https://tracking.example", "1")
     )
-    row = worker.run_trial(payload, pickle.dumps(None), {})
+    row = worker.run_objective(payload, pickle.dumps(None), {})
     assert pickle.loads(row["value"])[:2] == (str(bundle), "shared CA")

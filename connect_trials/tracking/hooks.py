@@ -34,7 +34,7 @@ class FminTracker:
 
     def objective_logged(self, trial: dict[str, Any], relayed: bytes) -> None:
         """Called, before :meth:`trial_finished`, with what the objective logged to MLflow on
-        a worker that kept it local (see the worker's relay)."""
+        a worker that kept it local (see ``worker.relay.MlflowRelay``)."""
 
     def trial_finished(self, trial: dict[str, Any], best_loss: float) -> None:
         """Called once the trial is DONE, ERROR or CANCEL."""

@@ -87,7 +87,7 @@ FORWARDED_ENV = (
 
 
 # Forwarded variables that name a client file: its content travels too, for workers that do
-# not see the client's disk (see ``worker._place_client_files``).
+# not see the client's disk (see ``worker.client_files.place_client_files``).
 FILE_ENV = ("MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_CLIENT_CERT_PATH")
 _MAX_SHIPPED_FILE_BYTES = 1024 * 1024
 
