@@ -8,8 +8,9 @@ connect-trials demo [--max-evals N] [--parallelism N]
 
 Servers and clusters keep their state (pid, port, token, logs) under $CONNECT_TRIALS_HOME, by
 default ~/.connect-trials, whichever entry point started them (this CLI, make, Python). The
-URLs printed here hide the token; `connect-trials server url` prints the whole URL, for
-`export SPARK_REMOTE=$(connect-trials server url)`.
+URLs printed here hide the token; `connect-trials server url` prints the whole URL, and only
+when asked, for `export SPARK_REMOTE=$(connect-trials server url)`. A cluster's master takes
+only applications with its secret, kept in its state folder's 0600 `secret.conf`.
 """
 
 from __future__ import annotations

@@ -74,10 +74,10 @@ def main(max_evals: int = 24, parallelism: int = 2) -> int:
     if running is None:
         print("starting the embedded Spark Connect server (first time: ~10-30 s) ...", flush=True)
         srv = server.LocalConnectServer(master="local[2]").start()
-        url = srv.url
+        url, public_url = srv.url, srv.public_url
     else:
-        url = running.url
-    print(f"Spark Connect server: {url}")
+        url, public_url = running.url, running.public_url
+    print(f"Spark Connect server: {public_url}")  # the token stays in the state folder
 
     tracking_uri = f"sqlite:///{state / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking_uri)

@@ -38,6 +38,16 @@ CLIENT_GONE_CONF = {
     "spark.connect.execute.manager.detachedTimeout": "20s",
     "spark.connect.execute.manager.maintenanceInterval": "5s",
 }
+# Spark binds its web UIs to SPARK_LOCAL_IP, else to every interface: ours listen on loopback,
+# and show no kill links, thread dumps or heap histograms to whoever can reach them.
+_UI_CONF = {
+    "spark.ui.killEnabled": "false",
+    "spark.ui.threadDumpsEnabled": "false",
+    "spark.ui.heapHistogramEnabled": "false",
+}
+# The master's REST submission gateway (on 6066, whatever the master's port) would take drivers
+# from anyone: it does not check spark.authenticate.
+_MASTER_CONF = {"spark.master.rest.enabled": "false"}
 _STARTUP_TIMEOUT_S = 180.0
 _STOP_TIMEOUT_S = 20.0
 
@@ -82,14 +92,25 @@ def read_token(state_dir: Path) -> str:
 def new_token(state_dir: Path) -> str:
     """A fresh token in ``state_dir/token``, readable by this user only. Anyone who can reach
     a port on loopback could otherwise run code as you through the server."""
-    state_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
-    path = state_dir / "token"
+    _write_private(state_dir / "token", token)
+    return token
+
+
+def _write_private(path: Path, text: str) -> None:
+    """``text`` in a new file at ``path``, readable by this user only from its first byte."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(token)
-    return token
+        f.write(text)
+
+
+def _write_properties(path: Path, conf: dict[str, str]) -> Path:
+    """A Spark properties file (``--properties-file``) readable by this user only: where
+    secrets go, since a command line is readable by every local user in /proc."""
+    _write_private(path, "".join(f"{key} {value}\n" for key, value in conf.items()))
+    return path
 
 
 def free_port() -> int:
@@ -156,7 +177,10 @@ class LocalConnectServer(_OwnedServer):
     ``master`` is any Spark master URL: ``local[2]`` for one machine, ``spark://...`` for a
     standalone cluster. ``conf`` adds Spark settings. The server binds to 127.0.0.1 only and
     requires a token (``spark.connect.authenticate.token``, new at each start, kept in
-    ``state_dir/token`` readable by this user only); ``url`` carries it.
+    ``state_dir/token`` readable by this user only); ``url`` carries it. ``private_conf``
+    holds Spark settings that must stay off the command line (a cluster's
+    ``spark.authenticate.secret``): they go, with the token, into a properties file only this
+    user can read.
     """
 
     def __init__(
@@ -167,11 +191,13 @@ class LocalConnectServer(_OwnedServer):
         conf: dict[str, str] | None = None,
         python: str | None = None,
         hide: list[str] | None = None,
+        private_conf: dict[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.master = master
         self.state_dir = Path(state_dir) if state_dir else DEFAULT_STATE_DIR / "server"
         self.conf = dict(conf or {})
+        self.private_conf = dict(private_conf or {})
         # Folders the server (the Spark driver) must not see; see LocalCluster.
         self.hide = [os.path.realpath(p) for p in (hide or [])]
         # The workers must run the interpreter that has pyarrow and pandas (design.md).
@@ -203,6 +229,7 @@ class LocalConnectServer(_OwnedServer):
             "spark.driver.host": _LOOPBACK,
             "spark.driver.bindAddress": _LOOPBACK,
             "spark.ui.enabled": "false",
+            **_UI_CONF,
             "spark.local.dir": str(self.state_dir / "scratch"),
             "spark.sql.warehouse.dir": str(self.state_dir / "warehouse"),
             "spark.driver.extraJavaOptions": f"-Dderby.system.home={self.state_dir / 'derby'}",
@@ -211,8 +238,6 @@ class LocalConnectServer(_OwnedServer):
             **self.conf,
         }
         script = spark_home() / "sbin" / "start-connect-server.sh"
-        # The token goes in a file only this user can read, not on the command line, which
-        # every local user can see in /proc.
         cmd = [
             "bash",
             str(script),
@@ -229,12 +254,8 @@ class LocalConnectServer(_OwnedServer):
         return cmd
 
     def _secret_conf(self) -> Path:
-        path = self.state_dir / "secret.conf"
-        path.unlink(missing_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"spark.connect.authenticate.token {self.token}\n")
-        return path
+        secret = {"spark.connect.authenticate.token": self.token, **self.private_conf}
+        return _write_properties(self.state_dir / "secret.conf", secret)
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -244,6 +265,7 @@ class LocalConnectServer(_OwnedServer):
             SPARK_HOME=str(spark_home()),
             SPARK_LOG_DIR=str(self.state_dir / "logs"),
             SPARK_PID_DIR=str(self.state_dir / "pids"),
+            SPARK_LOCAL_IP=_LOOPBACK,  # where Spark binds web UIs
             PYSPARK_PYTHON=self.python,
             PYSPARK_DRIVER_PYTHON=self.python,
         )
@@ -452,6 +474,12 @@ class LocalCluster(_OwnedServer):
     (the Spark driver) each run in a private mount namespace (``unshare -m``, root only) with
     an empty tmpfs over each folder. The client's interpreter, which the cluster runs, and
     the cluster's own state folder are mounted back if they lie inside.
+
+    Only this user joins the cluster: master, workers and the Connect server's application
+    share a secret (``spark.authenticate``, new at each start), kept with the master's and
+    workers' settings in ``state_dir/secret.conf``, readable by this user only, which a
+    classic application passes as ``spark-submit --properties-file``. An application without
+    it cannot register with the master. The web UIs listen on loopback, without kill links.
     """
 
     def __init__(
@@ -499,6 +527,11 @@ class LocalCluster(_OwnedServer):
         return self.server.public_url
 
     @property
+    def secret_conf_path(self) -> Path:
+        """The cluster's secret and settings, for ``spark-submit --properties-file``."""
+        return self.state_dir / "secret.conf"
+
+    @property
     def _info_path(self) -> Path:
         return self.state_dir / "cluster.json"
 
@@ -510,6 +543,9 @@ class LocalCluster(_OwnedServer):
         if self.hide and os.geteuid() != 0:
             raise ServerError("hide= needs root (a private mount namespace per worker)")
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        auth = {"spark.authenticate": "true", "spark.authenticate.secret": secrets.token_urlsafe(24)}
+        self.server.private_conf = auth
+        _write_properties(self.secret_conf_path, {**auth, **_UI_CONF, **_MASTER_CONF})
         deadline = time.monotonic() + timeout
         try:
             master = ["org.apache.spark.deploy.master.Master", "--host", _LOOPBACK, "--port", str(self.port)]
@@ -558,7 +594,9 @@ class LocalCluster(_OwnedServer):
         return sum(1 for w in status.get("workers", []) if w.get("state") == "ALIVE")
 
     def _spawn(self, name: str, args: list[str], hidden: bool = False) -> None:
-        command = [str(spark_home() / "bin" / "spark-class"), *args]
+        # The secret goes in a file only this user can read: a command line is in /proc for all.
+        secret_conf = ["--properties-file", str(self.secret_conf_path)]
+        command = [str(spark_home() / "bin" / "spark-class"), *args, *secret_conf]
         if hidden and self.hide:
             command = _in_private_mounts(command, self.hide, keep=[_venv_root(), str(self.state_dir)])
         env = {**self.server._environment(), "SPARK_NO_DAEMONIZE": "1",

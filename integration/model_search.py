@@ -1,8 +1,8 @@
 """The model-search scenario on a shared cluster: several model families in one space.
 
-    python -m integration.model_search [--url sc://...] [--max-evals 24] [--tracking-uri URI]
+    [SPARK_REMOTE=sc://...] python -m integration.model_search [--max-evals 24] [--tracking-uri URI]
 
-Without ``--url`` it starts a ``LocalCluster`` (2 workers x 1 core, workers that cannot see
+Without ``--url`` or ``SPARK_REMOTE`` it starts a ``LocalCluster`` (2 workers x 1 core, workers that cannot see
 this folder) and stops it at the end. TPE searches one conditional space over logistic
 regression, random forest, gradient boosting and an SVM on scikit-learn's breast-cancer data.
 The data is loaded here, once, and travels with the objective (once per fmin, as a session
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -122,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", help="sc:// URL of a Spark Connect server (default: start a LocalCluster)")
+    parser.add_argument(
+        "--url", default=os.environ.get("SPARK_REMOTE"),
+        help="sc:// URL of a Spark Connect server (default: $SPARK_REMOTE, else start a LocalCluster); "
+        "a URL with a token is better passed in SPARK_REMOTE, off the command line",
+    )  # fmt: skip
     parser.add_argument("--max-evals", type=int, default=24)
     parser.add_argument("--parallelism", type=int, default=None)
     parser.add_argument("--tracking-uri", default=None, help="default: a sqlite store in .connect-trials/")

@@ -9,6 +9,7 @@ the process must not hang in gRPC at exit.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -50,4 +51,4 @@ def main(url: str, signal_port: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(os.environ["SPARK_REMOTE"], int(sys.argv[1]))  # the URL holds the token: not on argv

@@ -262,10 +262,10 @@ def test_without_the_token_the_cluster_refuses_the_connection(cluster):
 
 def test_the_model_search_scenario_registers_the_best_model(cluster, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SPARK_REMOTE": cluster.url}  # the token stays off argv
     env.pop("MLFLOW_EXPERIMENT_ID", None)
     result = subprocess.run(
-        [sys.executable, "-m", "integration.model_search", "--url", cluster.url, "--max-evals", "6",
+        [sys.executable, "-m", "integration.model_search", "--max-evals", "6",
          "--parallelism", "2", "--tracking-uri", uri, "--json"],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

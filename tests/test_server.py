@@ -68,12 +68,12 @@ def test_a_server_dying_mid_fmin_fails_fmin_in_tens_of_seconds_and_keeps_finishe
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(180)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "integration.server_dies", srv.url, str(listener.getsockname()[1])],
+        [sys.executable, "-m", "integration.server_dies", str(listener.getsockname()[1])],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO), "SPARK_REMOTE": srv.url},  # the token stays off argv
     )
     try:
         listener.accept()[0].close()  # the fourth trial is running now
