@@ -1,7 +1,7 @@
 """MLflow on the client: the parent run of an fmin and one child run per trial.
 
 The engine talks to MLflow only through :class:`FminTracker` (``hooks``); ``create_tracker``
-decides whether tracking is on. :class:`MlflowTracker` records what Databricks' hyperopt
+(``choice``) decides whether tracking is on. :class:`MlflowTracker` records what Databricks' hyperopt
 tracking records, under the same names, so existing dashboards and queries keep working::
 
     parent run ("fmin-<objective name>"; the caller's active run if there is one)
@@ -44,7 +44,8 @@ FINISHED, FAILED or KILLED, unless the tracking server is unreachable when fmin 
 one warning lists the runs left RUNNING. URIs and errors we print lose their credentials.
 """
 
-from connect_trials.tracking.hooks import FminTracker, create_tracker
+from connect_trials.tracking.choice import create_tracker
+from connect_trials.tracking.hooks import FminTracker
 from connect_trials.tracking.mlflow_runs import RUN_SOURCE
 from connect_trials.tracking.outcome import RunStatus, TrialStatus
 from connect_trials.tracking.settings import TRACKING_CONF, FminSettings, tracking_enabled

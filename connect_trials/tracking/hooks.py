@@ -1,13 +1,10 @@
-"""The tracker interface the engine calls, and the choice of tracker for one fmin."""
+"""The tracker interface the engine calls (the MLflow implementation lives apart from it)."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from connect_trials.tracking.settings import FminSettings, tracking_enabled
-
-logger = logging.getLogger("connect_trials")
+from connect_trials.tracking.settings import FminSettings
 
 
 class FminTracker:
@@ -42,17 +39,3 @@ class FminTracker:
     def fmin_finished(self, trials: Any, error: BaseException | None) -> None:
         """Called once when fmin ends, also when it raises or is cancelled: every run this
         tracker created ends here."""
-
-
-def create_tracker(spark: Any, mlflow_tracking: bool | None) -> FminTracker:
-    """The tracker for one fmin call: MLflow-backed when tracking is on."""
-    if not tracking_enabled(spark, mlflow_tracking):
-        return FminTracker()
-    try:
-        import mlflow  # noqa: F401 - imported here: it takes a second or two
-    except ImportError:
-        logger.warning("MLflow tracking is on but mlflow is not installed; fmin runs untracked.")
-        return FminTracker()
-    from connect_trials.tracking.mlflow_tracker import MlflowTracker
-
-    return MlflowTracker()
