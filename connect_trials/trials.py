@@ -163,6 +163,10 @@ class ConnectTrials(Trials):
         trials = cls(spark_session=spark_session, **kwargs)
         runs = end_orphaned_runs(client, runs)
         resume.insert_finished(trials, resume.trial_docs_from_runs(trials, runs))
+        # New trials take tids after every trial of the search, cancelled ones too: a tid names
+        # one child run of its fmin_uuid.
+        top = max((int(r.data.tags["trial_tid"]) for r in runs), default=-1)
+        trials._ids = set(range(max(top + 1, len(trials._ids))))
         trials._resume_parent_run_id = parent_run_id
         trials._resume_fmin_uuid = chosen
         logger.info(
@@ -281,6 +285,7 @@ class ConnectTrials(Trials):
             self._resume_parent_run_id = getattr(saved, "_resume_parent_run_id", None)
             self._resume_fmin_uuid = getattr(saved, "_resume_fmin_uuid", None)
         logger.info("Resuming from %s: %d finished trials restored.", path, len(self._dynamic_trials))
+
 
 class _LastFmin:
     """What ``replay`` needs of the last fmin: its objective, as shipped, and its space."""

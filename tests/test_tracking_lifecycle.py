@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import signal
 import socket
 import threading
@@ -150,6 +151,22 @@ def test_a_trial_ended_again_by_fmins_end_logs_its_loss_and_artifacts_once(
     assert len(tracking_server.client.get_metric_history(run_id, "loss")) == 1
     assert [a.path for a in tracking_server.client.list_artifacts(run_id)] == ["output.txt"]
     assert tracking_server.client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_trial_ended_before_its_thread_started_it_gets_one_child_run_not_two(
+    tracking_server: Tracking,  # noqa: F811
+) -> None:
+    tracker = MlflowTracker()
+    tracker.fmin_started(fmin_settings(parallelism=2))
+    trial = trial_doc(0)
+    trial["state"] = base.JOB_STATE_CANCEL  # the fmin settled it while its thread was on its way
+    tracker.trial_finished(trial, math.inf)
+    assert tracker.trial_started(trial, {"x": 0.5}) == {}  # the thread gets there late: no run
+    tracker.fmin_finished(TrialCounts([trial]), None)
+    children = [r for r in every_run_ever(tracking_server) if "mlflow.parentRunId" in r.data.tags]
+    assert [(r.info.run_name, r.info.status, r.data.tags["trial_status"]) for r in children] == [
+        ("trial-0", "KILLED", "cancelled")
+    ]
 
 
 def test_a_slow_child_run_creation_holds_up_only_its_trial_and_is_ended_with_it_when_it_lands(

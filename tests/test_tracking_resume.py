@@ -62,6 +62,10 @@ def test_a_resume_of_a_parent_holding_two_fmins_takes_the_last_one_and_its_tids_
         by_fmin.setdefault(r.data.tags["fmin_uuid"], []).append(int(r.data.tags["trial_tid"]))
     # The resumed search went on under its own fmin_uuid: one run per trial, none twice.
     assert sorted(map(sorted, by_fmin.values())) == [[0, 1, 2], [0, 1, 2, 3, 4]]
+    # It wrote its counts under its own (suffixed) names again, never over the first fmin's.
+    metrics = tracking_server.client.get_run(parent_id).data.metrics
+    assert metrics["total_trials_count"] == 3
+    assert metrics[f"total_trials_count_{resumed._resume_fmin_uuid}"] == 5
 
     first_uuid = next(u for u, tids in by_fmin.items() if len(tids) == 3)
     older = ConnectTrials.from_mlflow(parent_id, spark_session=spark, fmin_uuid=first_uuid, parallelism=2)
@@ -94,6 +98,7 @@ def test_a_resume_after_a_crash_ends_each_orphan_as_its_outcome_says_and_touches
     for _ in range(2):  # a second resume reads the same search back
         trials = ConnectTrials.from_mlflow(parent, debug=True)
         assert {t["tid"]: t["result"].get("loss") for t in trials.trials} == {0: 0.5, 1: 0.25}
+        assert trials.new_trial_ids(1) == [3]  # the cancelled trial 2 keeps its tid
 
     def status(run_id: str) -> tuple[str, str | None]:
         run = client.get_run(run_id)

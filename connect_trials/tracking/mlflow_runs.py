@@ -10,6 +10,7 @@ from typing import Any
 from connect_trials.errors import last_line
 from connect_trials.tracking.hyperparameters import truncated
 from connect_trials.tracking.outcome import ChildOutcome, RunStatus, TrialStatus
+from connect_trials.tracking.uris import redacted_text
 
 RUN_SOURCE = "hyperoptAutoTracking"
 _MAX_PARAMS_TAGS_PER_BATCH = 100
@@ -59,37 +60,30 @@ class MlflowRuns:
         with self._open_lock:
             self._open_run_ids.add(run_id)
 
-    def end(self, run_id: str, status: RunStatus, name: str | None = None) -> None:
-        """End a run, naming it too when ``name`` is given. ``set_terminated`` would read the
+    def end(self, run_id: str, status: RunStatus) -> None:
+        """End a run. ``set_terminated`` would read the
         run back and print two "View run" lines per trial; the store's ``update_run_info`` is
         the same write without both."""
         from mlflow.entities import RunStatus as MlflowRunStatus
 
         self._store.update_run_info(
-            run_id, MlflowRunStatus.from_string(status.value), int(time.time() * 1000), name
+            run_id, MlflowRunStatus.from_string(status.value), int(time.time() * 1000), None
         )
         with self._open_lock:
             self._open_run_ids.discard(run_id)
 
-    def start_trial(self, run_id: str, name: str, tags: dict[str, str]) -> None:
-        """A run made ahead becomes a trial's: its name and first tags, in one request (the
-        store renames a run that is given the ``mlflow.runName`` tag)."""
-        self.log_batch(run_id, tags={**tags, "mlflow.runName": name})
-
-    def end_child(self, run_id: str, name: str, params: dict[str, str], outcome: ChildOutcome,
-                  refused: Callable[[BaseException], None],
-                  trial_tags: dict[str, str] | None = None) -> None:  # fmt: skip
-        """Write a trial's outcome and hyperparameters on its child run, then end it under its
-        trial's name. A param the run already has is left as it is: the objective's own
-        logging wins."""
+    def end_child(self, run_id: str, params: dict[str, str], outcome: ChildOutcome,
+                  refused: Callable[[BaseException], None]) -> None:  # fmt: skip
+        """Write a trial's outcome and hyperparameters on its child run, then end it. A param
+        the run already has is left as it is: the objective's own logging wins."""
         from mlflow.entities import Metric
 
-        tags = {"trial_status": outcome.trial_status.value, **(trial_tags or {})}
+        tags = {"trial_status": outcome.trial_status.value}
         if outcome.attempts is not None:
             tags["attempts"] = str(outcome.attempts)
         if outcome.trial_status is TrialStatus.FAILURE and outcome.error_type:
             tags["error_type"] = truncated(outcome.error_type)
-            tags["error_message"] = truncated(last_line(outcome.error_text))
+            tags["error_message"] = truncated(redacted_text(last_line(outcome.error_text)))
         metrics = [] if outcome.loss is None else [Metric("loss", outcome.loss, int(time.time() * 1000), 0)]
         try:
             try:
@@ -102,11 +96,11 @@ class MlflowRuns:
                 params = {k: v for k, v in params.items() if k not in taken}
                 self.log_batch(run_id, params=params, tags=tags, metrics=metrics)
             if outcome.error_text:
-                self.log_text(run_id, outcome.error_text, "error_traceback.txt", refused)
+                self.log_text(run_id, redacted_text(outcome.error_text), "error_traceback.txt", refused)
             if outcome.output:
                 self.log_text(run_id, outcome.output, "output.txt", refused)
         finally:
-            self.end(run_id, outcome.run_status, name)
+            self.end(run_id, outcome.run_status)
 
     def log_batch(self, run_id: str, params: dict[str, str] | None = None, tags: dict[str, str] | None = None,
                   metrics: list[Any] | None = None) -> None:  # fmt: skip
@@ -123,7 +117,9 @@ class MlflowRuns:
                 run_id,
                 params=[e for e in chunk if isinstance(e, Param)],
                 tags=[e for e in chunk if isinstance(e, RunTag)],
-                metrics=(metrics or []) if i == 0 else [],
+                # With the last chunk: a refused chunk before it leaves them unwritten, so a
+                # retry (a param the objective logged with another value) logs them once.
+                metrics=(metrics or []) if i == len(chunks) - 1 else [],
             )
 
     def replay(self, run_id: str, relayed: bytes, refused: Callable[[BaseException], None]) -> None:

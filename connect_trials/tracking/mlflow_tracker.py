@@ -65,7 +65,11 @@ class MlflowTracker(FminTracker):
         parent = self._parent
         if parent is None:
             return
-        self._worker_environ = worker_environ(self.writes.tracking_uri, parent.experiment_id)
+        try:
+            self._worker_environ = worker_environ(self.writes.tracking_uri, parent.experiment_id)
+        except Exception as exc:  # noqa: BLE001 - an unreadable certificate file, say
+            self.writes.disable(exc)  # fmin_finished still ends the parent
+            return
         self.child_runs = ChildRunLedger(parent, SearchSpace.of(settings.space), self.writes)
         self.writes.later(parent.log_settings, settings)
         self.writes.later(parent.log_space_text, settings, self.writes.refused)
@@ -114,11 +118,12 @@ class MlflowTracker(FminTracker):
             self._closed = True
         parent, child_runs = self._parent, self.child_runs
         try:
-            if parent is None or child_runs is None:
+            if parent is None:
                 return
             status = _parent_status(error)
-            child_runs.end_unfinished()
-            child_runs.wait_for_creations()
+            if child_runs is not None:
+                child_runs.end_unfinished()
+                child_runs.wait_for_creations()
             if not self.writes.broken.is_set():
                 self.writes.later(parent.log_counts, trials)
                 self.writes.later(parent.end, status)
@@ -138,13 +143,16 @@ class MlflowTracker(FminTracker):
         with self._state_lock:
             if not self._closed:
                 return parent
-        # fmin_started gave up waiting for it (a timeout, Ctrl-C): end what this fmin opened.
+        # fmin_started gave up waiting for it (a timeout, Ctrl-C): a parent this fmin made ends
+        # KILLED; a resumed search's parent gets back the status it had.
         if parent.ownership.ends_run:
-            self.writes.quietly(parent.runs.end, parent.run_id, RunStatus.KILLED)
+            self.writes.quietly(parent.runs.end, parent.run_id, parent.status_before or RunStatus.KILLED)
         return None
 
     # -- ending well -----------------------------------------------------------------------
-    def _end_after_failure(self, parent: ParentRun, child_runs: ChildRunLedger, status: RunStatus) -> None:
+    def _end_after_failure(
+        self, parent: ParentRun, child_runs: ChildRunLedger | None, status: RunStatus
+    ) -> None:
         """After tracking broke: end every run still open, on a fresh thread (the writer may
         be stuck in MLflow's retries), if the server takes connections at all."""
         try:
@@ -152,8 +160,8 @@ class MlflowTracker(FminTracker):
         except ConnectionError:
             return
         closing = CallThread("connect-trials-mlflow-close")
-        for child in child_runs.runs_to_end():
-            closing.submit(self.writes.quietly, child_runs.write_end, child)
+        for child in child_runs.runs_to_end() if child_runs is not None else []:
+            closing.submit(self.writes.quietly, child_runs.write_end, child)  # type: ignore[union-attr]
         closing.submit(self.writes.quietly, parent.end, status)
         try:
             wait_while_progress(closing, closing.submit(lambda: None), CALL_TIMEOUT_S)
@@ -161,9 +169,9 @@ class MlflowTracker(FminTracker):
             pass  # what is still open is listed by _warn_left_open
         closing.close()
 
-    def _warn_left_open(self, parent: ParentRun, child_runs: ChildRunLedger) -> None:
+    def _warn_left_open(self, parent: ParentRun, child_runs: ChildRunLedger | None) -> None:
         left_open = parent.runs.open_run_ids
-        in_flight = child_runs.creations_in_flight
+        in_flight = child_runs.creations_in_flight if child_runs is not None else 0
         if left_open or in_flight:
             logger.warning(
                 "The MLflow tracking server %s did not answer at the end of fmin: run(s) %s stay RUNNING%s.",

@@ -42,19 +42,21 @@ class Ownership(enum.Enum):
 def open_parent(
     runs: MlflowRuns, active: Any, objective_name: str, fmin_uuid: str, resume_run_id: str | None = None
 ) -> ParentRun:
-    """The caller's active run; else the run of a search being resumed
-    (``ConnectTrials.from_mlflow``), running again until this fmin ends; else a new run named
+    """The run of a search being resumed (``ConnectTrials.from_mlflow``), running again until
+    this fmin ends; else the caller's active run; else a new run named
     after the objective (``fmin-<name>``) in the experiment ``mlflow.start_run()`` would use."""
     from mlflow.tracking import fluent
     from mlflow.tracking.context import registry
 
-    if active is not None:
-        return ParentRun(runs, active.info.experiment_id, active.info.run_id, Ownership.LENT, fmin_uuid)
-    if resume_run_id is not None:
-        experiment_id = runs.client.get_run(resume_run_id).info.experiment_id
+    if resume_run_id is not None:  # asked for by name: it wins over an active run
+        info = runs.client.get_run(resume_run_id).info
         runs.client.update_run(resume_run_id, status="RUNNING")
         runs.track_open(resume_run_id)
-        return ParentRun(runs, experiment_id, resume_run_id, Ownership.RESUMED, fmin_uuid)
+        resumed = ParentRun(runs, info.experiment_id, resume_run_id, Ownership.RESUMED, fmin_uuid)
+        resumed.status_before = RunStatus(info.status) if info.status in RunStatus.__members__ else None
+        return resumed
+    if active is not None:
+        return ParentRun(runs, active.info.experiment_id, active.info.run_id, Ownership.LENT, fmin_uuid)
     experiment_id = fluent._get_experiment_id() or "0"
     tags = {**registry.resolve_tags(), "runSource": RUN_SOURCE}
     run_name = f"fmin-{objective_name}" if objective_name else "fmin"
@@ -75,6 +77,7 @@ class ParentRun:
         self.run_id = run_id
         self.ownership = ownership
         self.fmin_uuid = fmin_uuid
+        self.status_before: RunStatus | None = None  # a resumed parent's status before this fmin
         self.keys: dict[str, str] = {}  # a name -> the name this fmin writes it under
 
     def log_settings(self, settings: FminSettings) -> None:
@@ -140,9 +143,11 @@ class ParentRun:
             self.runs.end(self.run_id, status)
 
     def _choose_keys(self, params: dict[str, str], tags: dict[str, str]) -> None:
-        """The names this fmin writes under. On a run that already holds a name, the name gets
-        the suffix ``_<fmin_uuid>``: for the caller's run, whenever another fmin wrote it; for
-        a resumed search's parent, only where the value differs (its counts are its own)."""
+        """The names this fmin writes under (``keys``), and the params it cannot write again.
+
+        On the caller's run, a name another fmin wrote gets the suffix ``_<fmin_uuid>``. A
+        resumed search writes under the names it wrote before: suffixed if the parent holds
+        its suffixed name, else plain; a param it already wrote keeps its first value."""
         if self.ownership is Ownership.CREATED:
             held_params: Any = {}
             held_tags: Any = {}
@@ -150,24 +155,21 @@ class ParentRun:
         else:
             data = self.runs.client.get_run(self.run_id).data
             held_params, held_tags, held_metrics = data.params, data.tags, data.metrics
-        resumed = self.ownership is Ownership.RESUMED
         suffix = f"_{self.fmin_uuid}"
-
-        def conflicts(held: Any, name: str, value: Any) -> bool:
-            return name in held and (held[name] != value or not resumed)
-
-        for name, value in params.items():
-            self.keys[name] = name + suffix if conflicts(held_params, name, value) else name
-        for name in (*COUNT_METRICS, _BEST_LOSS_METRIC):
-            self.keys[name] = name + suffix if name in held_metrics and not resumed else name
-        for name, value in tags.items():
-            # runSource is the same for every fmin: only another value is a conflict.
-            clash = (
-                held_tags.get(name, value) != value
-                if name == "runSource"
-                else conflicts(held_tags, name, value)
-            )
-            self.keys[name] = name + suffix if clash else name
+        resumed = self.ownership is Ownership.RESUMED
+        names: list[tuple[str, Any]] = [(n, held_params) for n in params]
+        names += [(n, held_metrics) for n in (*COUNT_METRICS, _BEST_LOSS_METRIC)]
+        names += [(n, held_tags) for n in tags]
+        for name, held in names:
+            if resumed:
+                self.keys[name] = name + suffix if name + suffix in held else name
+            elif name == "runSource":  # the same for every fmin: only another value is a conflict
+                self.keys[name] = name + suffix if held.get(name, RUN_SOURCE) != RUN_SOURCE else name
+            else:
+                self.keys[name] = name + suffix if name in held else name
+        if resumed:
+            for name in [n for n in params if self.keys[n] in held_params]:
+                del params[name]  # params cannot change; the search's first value stands
 
 
 def child_run_name(tid: int) -> str:

@@ -20,7 +20,8 @@ def fmin_child_runs(
     client: Any, parent_run_id: str, fmin_uuid: str | None = None
 ) -> tuple[str | None, list[Any]]:
     """The ``fmin_uuid`` chosen and its trials' child runs under ``parent_run_id`` (all
-    pages), one per tid. ``ValueError`` names the fmins there when ``fmin_uuid`` is not one."""
+    pages), one per tid, cancelled ones included (their tids are taken). ``ValueError``
+    names the fmins there when ``fmin_uuid`` is not one."""
     parent = client.get_run(parent_run_id)
     runs: list[Any] = []
     token = None
@@ -67,6 +68,7 @@ def end_orphaned_runs(client: Any, runs: list[Any]) -> list[Any]:
         if status is None:
             client.set_tag(run.info.run_id, "trial_status", "cancelled")
             status = "KILLED"
-        client.set_terminated(run.info.run_id, status)
+        # update_run, not set_terminated: that prints a "View run" line with the store's URL.
+        client.update_run(run.info.run_id, status=status)
         current.append(client.get_run(run.info.run_id))
     return current

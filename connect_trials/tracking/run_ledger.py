@@ -23,7 +23,7 @@ from typing import Any
 from connect_trials.tracking.call_thread import CallThread, wait_while_progress
 from connect_trials.tracking.hyperparameters import SearchSpace, raw_params
 from connect_trials.tracking.outcome import child_outcome
-from connect_trials.tracking.parent_run import ParentRun, child_run_name
+from connect_trials.tracking.parent_run import ParentRun
 from connect_trials.tracking.resume_tags import resume_tags
 from connect_trials.tracking.writes import CALL_TIMEOUT_S, TrackingWrites
 
@@ -45,7 +45,7 @@ class ChildRun:
     state: ChildState = ChildState.PENDING
     run_id: str | None = None
     relayed: list[bytes] = field(default_factory=list)  # the objective's logging, to replay
-    writing_end: bool = False  # claimed by the one write that ends it
+    writing_end: bool = False  # ENDING, and the one write that ends it is under way
 
 
 class ChildRunLedger:
@@ -69,8 +69,8 @@ class ChildRunLedger:
         objective logged relayed into it)."""
         child = ChildRun(trial, argument)
         with self._lock:
-            if self._closed or self._writes.broken.is_set():
-                return None
+            if self._closed or self._writes.broken.is_set() or trial["tid"] in self._children:
+                return None  # (a trial that ended before its thread came here has its run)
             self._children[trial["tid"]] = child
             stalled = self._stalled
         created = self.creation.submit(self._create, child)
@@ -110,7 +110,7 @@ class ChildRunLedger:
         self._writes.later(self._create_and_end if unstarted else self.write_end, child)
 
     def end_unfinished(self) -> None:
-        """fmin is over: end every run whose trial did not say it ended (it is CANCEL then)."""
+        """fmin is over: end every run whose trial did not say it ended, as its document says."""
         with self._lock:
             self._closed = True
             open_states = (ChildState.PENDING, ChildState.TAKEN)
@@ -169,16 +169,23 @@ class ChildRunLedger:
             if child.writing_end or child.run_id is None:
                 return
             child.writing_end = True
-            relayed, child.relayed = child.relayed, []
-        for payload in relayed:
-            runs.replay(child.run_id, payload, self._writes.refused)
-        trial = child.trial
-        vals = trial["misc"]["vals"]
-        params = (
-            raw_params(vals) if child.argument is _NO_ARGUMENT else self._space.params(child.argument, vals)
-        )
-        runs.end_child(
-            child.run_id, child_run_name(trial["tid"]), params, child_outcome(trial), self._writes.refused
-        )
+            relayed = list(child.relayed)
+        try:
+            for payload in relayed:
+                try:
+                    runs.replay(child.run_id, payload, self._writes.refused)
+                except Exception as exc:  # noqa: BLE001 - the trial's own outcome matters more
+                    self._writes.refused(exc)
+            with self._lock:
+                del child.relayed[: len(relayed)]  # replayed once, even if the end is tried again
+            trial = child.trial
+            vals = trial["misc"]["vals"]
+            argument = child.argument
+            params = raw_params(vals) if argument is _NO_ARGUMENT else self._space.params(argument, vals)
+            runs.end_child(child.run_id, params, child_outcome(trial), self._writes.refused)
+        except BaseException:
+            with self._lock:
+                child.writing_end = False  # not ended: the clean-up after a failure tries again
+            raise
         with self._lock:
             child.state = ChildState.ENDED
