@@ -11,6 +11,7 @@ executor below is one implementation, ``inline.InlineExecutor`` (debug mode) the
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import hashlib
@@ -324,6 +325,9 @@ class SparkJobExecutor:
         if session_kind(spark) == CONNECT:
             local_code.ship_local_code(spark)  # the project's own modules, for the objective's imports
         self._objective = ship_objective(spark, objective_blob, dict(fmin_environ or {}))
+        # Riding inline, the objective left the fmin's MLflow environment behind: a trial's run
+        # id alone would point the objective at a run its worker's store does not have.
+        self._mlflow_dropped = isinstance(self._objective, bytes) and bool(fmin_environ)
         self._resource_profile = resource_profile
         self._source = trial_source(spark)
         self._cancelled = threading.Event()
@@ -338,8 +342,10 @@ class SparkJobExecutor:
     def run_trial(self, request: TrialRequest) -> TrialOutcome:
         tid = request.tid
         if self._cancelled.is_set():
-            return _not_submitted(tid)
+            return not_submitted(tid)
         tags = (self.tag, trial_tag(self._fmin_id, tid))
+        if self._mlflow_dropped:
+            request = dataclasses.replace(request, environ={})
         try:
             job = build_trial_job(self._source, self._objective, request, self._resource_profile)
             for tag in tags:  # tags are thread-local: add them in the submitting thread
@@ -349,7 +355,7 @@ class SparkJobExecutor:
                     # Looked at under the lock that cancel_all takes: either this job is not
                     # submitted, or cancel_all sees it in _collecting and interrupts it again.
                     if self._cancelled.is_set():
-                        return _not_submitted(tid)
+                        return not_submitted(tid)
                     self._collecting.add(tid)
                 try:
                     rows = job.collect()
@@ -423,7 +429,7 @@ class SparkJobExecutor:
         return TrialOutcome(tid, kind, error_type=str(type(exc)), error_text=text)
 
 
-def _not_submitted(tid: int) -> TrialOutcome:
+def not_submitted(tid: int) -> TrialOutcome:
     return TrialOutcome(
         tid,
         OutcomeKind.CANCELLED,

@@ -222,7 +222,7 @@ class TrialScheduler:
         """In the trial's own thread (fmin's in debug mode): its tracking, then its job. The
         loop always hears back, also when a Ctrl-C in debug mode unwinds through here."""
         tid = trial["tid"]
-        outcome = _not_launched(tid)
+        outcome = job.not_submitted(tid)
         try:
             environ = self.tracker.trial_started(trial, argument)
             # The tracking may have outlasted the fmin: then nothing is launched.
@@ -289,7 +289,7 @@ class TrialScheduler:
             error_type, error_text = end.error or ("", "")
             logger.error(
                 "trial task %s failed, exception is %s.\n %s%s", tid, failure_summary(error_type, error_text),
-                error_text, output_excerpt(outcome.output if outcome is not None else None),
+                redacted_text(error_text), output_excerpt(outcome.output if outcome is not None else None),
             )  # fmt: skip
             self._n_failed += 1
         else:
@@ -303,7 +303,10 @@ class TrialScheduler:
         if end.state != base.JOB_STATE_CANCEL:  # cancelled trials are not progress
             self.progress.trial_finished(best_loss, running=len(self._running), failed=self._n_failed)
         self.tracker.trial_finished(trial, best_loss)
-        self.after_trial()
+        try:
+            self.after_trial()
+        except Exception as exc:  # noqa: BLE001 - a full disk must not end the search, nor its settling
+            logger.warning("could not save the trials after trial %s: %s", tid, one_line(exc))
 
     def _show_worker_warnings(self, outcome: job.TrialOutcome) -> None:
         """Log what the objective warned about on its worker (MLflow's own warnings among
@@ -352,13 +355,6 @@ class TrialScheduler:
         for trial in [*self._running.values(), *self._pending]:
             self._end_trial(trial, TrialEnd.cancelled())
         self.trials.refresh()
-
-
-def _not_launched(tid: int) -> job.TrialOutcome:
-    return job.TrialOutcome(
-        tid, OutcomeKind.CANCELLED, error_type="<class 'connect_trials.TrialCancelled'>",
-        error_text="the fmin was cancelled before this trial's job was submitted",
-    )  # fmt: skip
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -93,6 +93,16 @@ def ctrl_c() -> Iterator[None]:
 
 
 # -- MLflow ----------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with MLflow's process-wide tracking URI unset, as a new process does:
+    a test's ``mlflow.set_tracking_uri`` would otherwise win over a later test's
+    MLFLOW_TRACKING_URI, so that tests passed or failed by their order."""
+    from mlflow.tracking._tracking_service import utils
+
+    monkeypatch.setattr(utils, "_tracking_uri", None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _mlflow_default_tracking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """ConnectTrials tracks every fmin by default: keep the suite's runs and artifacts out of
