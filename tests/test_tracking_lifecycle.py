@@ -80,6 +80,14 @@ def writes_done(tracker: MlflowTracker) -> None:
     tracker.writes.thread.submit(lambda: None).result(timeout=30)
 
 
+def parent_landed(tracker: MlflowTracker) -> None:
+    """Wait until the parent run's creation, which fmin_started gave up on, has landed."""
+    creator = tracker._parent_creation.thread
+    assert creator is not None
+    creator.join(30)
+    assert not creator.is_alive()
+
+
 def every_run_ever(server: Tracking) -> list[Any]:
     """The experiment's runs, deleted ones included: what a user finds in the UI's trash."""
     return server.client.search_runs([server.experiment_id], run_view_type=ViewType.ALL, max_results=1000)
@@ -265,10 +273,7 @@ def test_ctrl_c_during_fmin_started_leaves_no_thread_and_no_open_run(
     tracker.fmin_finished(TrialCounts([]), KeyboardInterrupt())  # what the caller's finally does
 
     gate.set()  # the parent's create_run lands after fmin gave up on it
-    creator = tracker._parent_creation.thread
-    assert creator is not None
-    creator.join(30)
-    assert not creator.is_alive()
+    parent_landed(tracker)
     assert tracker.writes.thread.thread is None
     runs = every_run_ever(tracking_server)  # ended, never deleted: it is this fmin's parent
     assert len(runs) == 1 and (runs[0].info.status, runs[0].info.lifecycle_stage) == ("KILLED", "active")
@@ -289,9 +294,7 @@ def test_a_parent_run_created_after_fmin_stopped_waiting_is_ended_when_it_lands(
     assert "MLflow did not answer within 0.2 s" in log.getvalue()
 
     gate.set()
-    creator = tracker._parent_creation.thread
-    assert creator is not None
-    creator.join(30)
+    parent_landed(tracker)
     runs = every_run_ever(tracking_server)
     assert len(runs) == 1 and (runs[0].info.status, runs[0].info.lifecycle_stage) == ("KILLED", "active")
 
@@ -310,12 +313,11 @@ def test_a_resumed_parent_that_fmin_stopped_waiting_for_is_ended_and_never_delet
     tracker.fmin_started(settings)  # gives up on the parent after 0.2 s
     tracker.fmin_finished(TrialCounts([]), None)
     gate.set()
-    creator = tracker._parent_creation.thread
-    assert creator is not None
-    creator.join(30)
+    parent_landed(tracker)
     [run] = every_run_ever(tracking_server)
-    assert (run.info.run_id, run.info.lifecycle_stage) == (earlier.info.run_id, "active")
-    assert run.info.status != "RUNNING"
+    # Never deleted, and back to the status the earlier search had left it in.
+    assert run.info.run_id == earlier.info.run_id
+    assert (run.info.lifecycle_stage, run.info.status) == ("active", "FINISHED")
 
 
 # -- a tracking server that goes away mid-fmin -------------------------------------------------------
