@@ -267,7 +267,7 @@ def test_the_model_search_scenario_registers_the_best_model(cluster, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "integration.model_search", "--max-evals", "6",
          "--parallelism", "2", "--tracking-uri", uri, "--json"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600,  # its ./mlruns goes there
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -30,6 +30,7 @@ def test_a_tracked_trial_without_a_child_run_logs_to_a_task_local_store_and_no_r
     from mlflow.tracking._tracking_service import utils
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps its artifacts in ./mlruns: not in the checkout
     store = MlflowClient(uri)
     experiment_id = store.create_experiment("tracked")  # the store is there and reachable
     # In the client, the user's own mlflow.set_tracking_uri wins over the environment.
