@@ -48,12 +48,15 @@ def logs_everything(x: float) -> float:
 
 
 @pytest.fixture
-def hidden_store_experiment(monkeypatch: pytest.MonkeyPatch) -> tuple[MlflowClient, str]:
-    """A fresh experiment in the suite's default store, a sqlite file the workers cannot see."""
+def hidden_store_experiment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> tuple[MlflowClient, str]:
+    """A fresh experiment in the suite's default store, a sqlite file the workers cannot see;
+    its artifacts under the test's folder (a sqlite store's default is ./mlruns, the checkout)."""
     uri = mlflow.get_tracking_uri()
     assert uri.startswith("sqlite:///")
     client = MlflowClient(uri)
-    experiment_id = client.create_experiment(f"relay-{uuid.uuid4().hex}")
+    experiment_id = client.create_experiment(
+        f"relay-{uuid.uuid4().hex}", artifact_location=(tmp_path / "artifacts").as_uri()
+    )
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
     return client, experiment_id
 
