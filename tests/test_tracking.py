@@ -530,19 +530,25 @@ def test_a_tracking_server_that_never_answers_cannot_stall_fmin(
     assert elapsed < 15
 
 
-def test_tracking_that_breaks_during_fmin_stops_and_still_ends_every_run_it_created(
-    spark: Any, tracking_server: Tracking, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def break_tracking_after(n_runs: int, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tracking server goes away after ``n_runs`` child runs: the ids of those it created."""
     create_child = ParentRun.create_child
     created: list[str] = []
 
-    def fails_after_three(self: ParentRun, *args: Any) -> str:
-        if len(created) == 3:
+    def fails_after_n(self: ParentRun, *args: Any) -> str:
+        if len(created) == n_runs:
             raise ConnectionError("tracking server went away")
         created.append(create_child(self, *args))
         return created[-1]
 
-    monkeypatch.setattr(ParentRun, "create_child", fails_after_three)
+    monkeypatch.setattr(ParentRun, "create_child", fails_after_n)
+    return created
+
+
+def test_tracking_that_breaks_during_fmin_stops_and_still_ends_every_run_it_created(
+    spark: Any, tracking_server: Tracking, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = break_tracking_after(3, monkeypatch)
     with captured_log() as log:
         trials, _ = run_fmin(spark, reports_mlflow_state, X_SPACE, max_evals=5, parallelism=1)
 

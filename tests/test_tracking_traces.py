@@ -17,8 +17,7 @@ from mlflow.entities import ViewType
 from pyspark import cloudpickle
 
 from connect_trials import ConnectTrials
-from connect_trials.tracking.parent_run import ParentRun
-from tests.test_tracking import Tracking, tracking_server  # noqa: F401 - the fixture
+from tests.test_tracking import Tracking, break_tracking_after, tracking_server  # noqa: F401 - the fixture
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -70,15 +69,7 @@ def test_the_store_holds_the_parent_and_one_child_per_trial_and_nothing_else(
         objective = logging_objective(listener.getsockname()[1], 60.0)
         threading.Thread(target=interrupt_once_running, args=(listener, 2), daemon=True).start()
     elif ending == "tracking_breaks":
-        create_child = ParentRun.create_child
-
-        def fails_after_two(self: ParentRun, *args: Any) -> str:
-            if len(created) == 2:
-                raise ConnectionError("tracking server went away")
-            created.append(create_child(self, *args))
-            return created[-1]
-
-        monkeypatch.setattr(ParentRun, "create_child", fails_after_two)
+        created = break_tracking_after(2, monkeypatch)
         kwargs["parallelism"] = 1
     trials = ConnectTrials(**kwargs)
     try:
