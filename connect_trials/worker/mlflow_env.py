@@ -82,14 +82,10 @@ class MlflowState:
         if mlflow is None or not (self._isolated or self._host is Host.EXECUTOR):
             return
         os.environ.update(_QUICK_CALLS)  # restored with the rest of the environment
-        child_run_id = os.environ.get("MLFLOW_RUN_ID")
         for _ in range(_MAX_RUNS_ENDED):
             try:
-                run = mlflow.active_run()
-                if run is None:
+                if mlflow.active_run() is None:
                     return
-                if run.info.run_id == child_run_id and _set_aside_without_ending():
-                    continue  # the trial's child run: the client alone ends it, once
                 mlflow.end_run(status)  # pops the run first, even if telling the store fails
             except Exception:  # noqa: BLE001 - MLflow trouble never fails a trial
                 continue
@@ -116,15 +112,3 @@ class MlflowState:
                 provider.reset()
         except Exception:  # noqa: BLE001
             pass
-
-
-def _set_aside_without_ending() -> bool:
-    """Take the thread's current run off MLflow's run stack without ending it; False where
-    the stack cannot be reached (then it is ended as any other run)."""
-    fluent = sys.modules.get(_FLUENT)
-    stack: Any = getattr(fluent, "_active_run_stack", None)
-    runs = stack.get() if hasattr(stack, "get") else stack
-    if not isinstance(runs, list) or not runs:
-        return False
-    runs.pop()
-    return True
