@@ -12,7 +12,7 @@ import pytest
 from pyspark import cloudpickle
 
 from connect_trials import worker
-from connect_trials.worker.relay import redacted_uri
+from connect_trials.worker.redaction import redacted_uri
 
 
 def logs_a_metric_and_a_param(_: Any) -> None:

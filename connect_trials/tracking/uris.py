@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import base64
 import os
-import re
 import socket
 import urllib.parse
 from pathlib import Path
+
+from connect_trials.worker.redaction import redacted_text, redacted_uri
 
 # How long the client waits for a TCP connection to an HTTP tracking server.
 PROBE_TIMEOUT_S = 2.0
@@ -24,32 +25,6 @@ def absolute_tracking_uri(uri: str) -> str:
     if parsed.scheme == "file" and not parsed.netloc and not parsed.path.startswith("/"):
         return Path(parsed.path).absolute().as_uri()
     return uri
-
-
-def redacted_uri(uri: str) -> str:
-    """The URI as we print it: without its userinfo (``user:password@``) and its query, which
-    may hold credentials too."""
-    return redacted_text(uri)
-
-
-# A URL inside a text: scheme, optional userinfo, the rest up to whitespace or a quote.
-_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s'\"]*@)?(?P<rest>[^\s'\"?#]*)"
-                  r"(?P<query>\?[^\s'\"#]*)?")  # fmt: skip
-
-
-_TOKEN_PARAM = re.compile(r";token=[^;]*")
-
-
-def redacted_text(text: str) -> str:
-    """``text`` (an exception's message, say: MLflow's name the URL they called) with every
-    URL's userinfo replaced by ``***@``, its query string dropped and a Connect token hidden."""
-
-    def redact(match: re.Match[str]) -> str:
-        userinfo = "***@" if match.group("userinfo") else ""
-        rest = _TOKEN_PARAM.sub(";token=***", match.group("rest"))  # sc://host:port/;token=...
-        return f"{match.group('scheme')}{userinfo}{rest}"
-
-    return _URL.sub(redact, text)
 
 
 def probe(uri: str) -> None:
@@ -107,3 +82,8 @@ def worker_environ(tracking_uri: str, experiment_id: str) -> dict[str, str]:
             with open(path, "rb") as f:
                 environ[SHIPPED_FILE_PREFIX + name] = base64.b64encode(f.read()).decode("ascii")
     return environ
+
+
+__all__ = [
+    "FORWARDED_ENV", "absolute_tracking_uri", "probe", "redacted_text", "redacted_uri", "worker_environ",
+]  # fmt: skip

@@ -24,6 +24,7 @@ import pickle
 import tempfile
 
 from connect_trials.worker.objective import process_cache
+from connect_trials.worker.redaction import redacted_uri
 from connect_trials.worker.reported import ReportedWarnings
 
 # The relay carries at most this many bytes of the objective's artifacts back, in all.
@@ -119,24 +120,6 @@ class MlflowRelay:
             return None
         finally:
             shutil.rmtree(self._folder, ignore_errors=True)
-
-
-def redacted_uri(uri: str) -> str:
-    """The URI without its userinfo (``user:password@``, a token) and without its query
-    string, for messages. The worker's own copy of the client's ``tracking.uris`` helper,
-    which it cannot import."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "<a tracking URI that does not parse>"
-    if "@" not in parts.netloc and not parts.query and not parts.fragment:
-        return uri
-    shown = f"{parts.scheme}:" if parts.scheme else ""
-    if uri[len(shown) :].startswith("//"):  # keep sqlite:////path and file:///path as they are
-        shown += "//" + ("***@" + parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc)
-    return shown + parts.path
 
 
 def _read_artifacts(root: str) -> tuple[dict[str, bytes], list[tuple[str, int]]]:
