@@ -271,8 +271,11 @@ class LocalConnectServer(_OwnedServer):
         )
         return env
 
-    def start(self, timeout: float = _STARTUP_TIMEOUT_S) -> LocalConnectServer:
-        """Start the server and return once its gRPC port accepts connections."""
+    def start(self, timeout: float = _STARTUP_TIMEOUT_S, keep_token: bool = False) -> LocalConnectServer:
+        """Start the server and return once its gRPC port accepts connections.
+
+        ``keep_token``: start with the token of the last start (the same ``url``), as a
+        restarted driver of a managed cluster does, so that its clients can reconnect."""
         running = read_server_info(self.state_dir)
         if running is not None:
             raise ServerError(
@@ -285,7 +288,8 @@ class LocalConnectServer(_OwnedServer):
             raise ServerError("hide= needs root (a private mount namespace)")
         for sub in ("logs", "pids", "scratch"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
-        self.token = new_token(self.state_dir)
+        if not (keep_token and self.token):
+            self.token = new_token(self.state_dir)
         log = open(self.log_path, "ab")
         try:
             self._proc = subprocess.Popen(
