@@ -204,6 +204,26 @@ def validate_timeout(timeout: Any) -> None:
         )
 
 
+# How long fmin waits for a Spark Connect server that stopped answering (ConnectTrials'
+# reconnect_timeout): a driver restarted by an admin or a managed cluster is back well within.
+DEFAULT_RECONNECT_TIMEOUT_S = 120.0
+
+
+def validated_reconnect_timeout(reconnect_timeout: Any) -> float:
+    if (
+        isinstance(reconnect_timeout, bool)
+        or not isinstance(reconnect_timeout, numbers.Real)
+        or not math.isfinite(float(reconnect_timeout))
+        or reconnect_timeout <= 0
+    ):
+        raise ValueError(
+            f"reconnect_timeout must be a positive number of seconds, not {reconnect_timeout!r}: how "
+            "long fmin waits for a Spark Connect server that stopped answering (default "
+            f"{DEFAULT_RECONNECT_TIMEOUT_S:.0f})."
+        )
+    return float(reconnect_timeout)
+
+
 def validate_loss_threshold(loss_threshold: Any) -> None:
     if loss_threshold is None:
         return

@@ -2,8 +2,10 @@
 
 The order matters and is kept here only: the tracking opens first (the fmin's worker
 environment comes from it), then the objective ships with that environment, then the
-scheduler runs the trials, under a watchdog that tells a dead server from a slow one. On the
-way out, whatever happened, the tracker ends every run it created and the counts are logged.
+scheduler runs the trials, under a watchdog that tells a dead server from a slow one. On a
+Spark Connect session the trials run through a ``SessionRecovery``, which takes the search to
+a new session if the server restarts. On the way out, whatever happened, the tracker ends
+every run it created and the counts are logged.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from connect_trials import job, resume
 from connect_trials.arguments import FminCall
 from connect_trials.inline import InlineExecutor
 from connect_trials.progress import trial_progress
+from connect_trials.reconnect import SessionRecovery
 from connect_trials.scheduler import FMIN_CANCELLED_REASON_USER, SearchLimits, TrialScheduler
-from connect_trials.session import watched
+from connect_trials.session import CONNECT, ServerWatch, session_kind, watched
 from connect_trials.tracking import FminSettings, FminTracker, create_tracker
 
 logger = logging.getLogger("connect_trials")
@@ -68,8 +71,12 @@ class FminRun:
         try:
             # A watchdog tells a dead server from a slow one, from the objective's upload to
             # the last trial; the session's retry policies are left as they were found.
-            with contextlib.nullcontext() if trials.debug else watched(spark, self._server_gone):
-                self._start_and_run(spark, tracker)
+            watch = watched(
+                spark, self._server_gone, gone_after=trials.reconnect_timeout,
+                on_refused=self._server_refused, on_answered=self._server_answered,
+            )  # fmt: skip
+            with contextlib.nullcontext() if trials.debug else watch:
+                self._start_and_run(spark, tracker, watch)
         except BaseException as exc:
             error = exc
             if isinstance(exc, KeyboardInterrupt):
@@ -84,7 +91,7 @@ class FminRun:
                 f"{trials.count_cancelled_trials()} cancelled."
             )
 
-    def _start_and_run(self, spark: Any, tracker: FminTracker) -> None:
+    def _start_and_run(self, spark: Any, tracker: FminTracker, watch: ServerWatch) -> None:
         """Open the tracking, ship the objective (after the tracking: its environment travels
         with it), run the trials (each checks that the worker can run this client's pickles)."""
         trials = self.trials
@@ -93,12 +100,19 @@ class FminRun:
         # objective's artifact, never inside a job's plan.
         fmin_environ = tracker.worker_environ()
         executor: job.TrialExecutor
+        recovery: SessionRecovery | None = None
+
+        def executor_on(session: Any) -> job.SparkJobExecutor:
+            return job.SparkJobExecutor(
+                session, self.settings.fmin_id, self.objective_blob, fmin_environ, trials._resource_profile
+            )
+
         if trials.debug:
             executor = InlineExecutor(self.objective_blob, fmin_environ)
+        elif session_kind(spark) == CONNECT:
+            executor = recovery = SessionRecovery(trials, spark, watch, executor_on)
         else:
-            executor = job.SparkJobExecutor(
-                spark, self.settings.fmin_id, self.objective_blob, fmin_environ, trials._resource_profile
-            )
+            executor = executor_on(spark)
         save_file = self.trials_save_file
         total = None if self.call.unlimited else self.call.max_evals
         with trial_progress(self.progress_callback, initial=0, total=total) as progress:
@@ -107,6 +121,7 @@ class FminRun:
                 executor=executor, parallelism=trials.parallelism, limits=self.limits, tracker=tracker,
                 progress=progress,
                 after_trial=(lambda: resume.save_trials(trials, save_file)) if save_file else (lambda: None),
+                recovery=recovery, reconnect_timeout=trials.reconnect_timeout,
             )  # fmt: skip
             try:
                 self.scheduler.run()
@@ -116,7 +131,18 @@ class FminRun:
             except BaseException:
                 logger.debug("fmin thread exits with an exception raised.")
                 raise
+            finally:
+                if recovery is not None:
+                    recovery.close()
             logger.debug("fmin thread exits normally.")
+
+    def _server_refused(self, detail: str) -> None:
+        if self.scheduler is not None:
+            self.scheduler.server_refused(detail)
+
+    def _server_answered(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.server_answered()
 
     def _server_gone(self, reason: str) -> None:
         """The watchdog's word that the server is gone, to the scheduler (if it runs yet:

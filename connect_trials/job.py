@@ -67,7 +67,9 @@ class OutcomeKind(enum.Enum):
     CANCELLED = "cancelled"  # the job was interrupted through its tag, or never submitted
     FAILED = "failed"  # the job failed around the objective (worker died, bad pickle, ...)
     MISMATCH = "mismatch"  # the worker cannot run this client's pickles; error_text says why
-    UNAVAILABLE = "unavailable"  # the Spark Connect server cannot be reached
+    # The job was lost with its server or session (unreachable, restarted, or it dropped a
+    # silent client's operation): the objective did not fail, the trial may run again.
+    UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class TrialRequest:
     tid: int
     argument_blob: bytes
     environ: dict[str, str] = field(default_factory=dict)
+    # Runs of this trial lost earlier with their server or session: each counts as an attempt.
+    attempts_lost: int = 0
 
 
 @dataclass(frozen=True)
@@ -266,7 +270,9 @@ def build_trial_job(
 ) -> Any:
     """The DataFrame whose collection runs one trial, over :func:`trial_source`'s DataFrame."""
     mine = compat.client_versions()
-    task = worker.trial_task(objective, request.argument_blob, request.environ, (mine.python, mine.pyspark))
+    task = worker.trial_task(
+        objective, request.argument_blob, request.environ, (mine.python, mine.pyspark), request.attempts_lost
+    )
     if resource_profile is not None:
         return source.mapInPandas(task, result_struct(), profile=resource_profile)
     return source.mapInPandas(task, result_struct())
@@ -331,6 +337,7 @@ class SparkJobExecutor:
         self._resource_profile = resource_profile
         self._source = trial_source(spark)
         self._cancelled = threading.Event()
+        self._abandoned = threading.Event()
         self._lock = threading.Lock()
         self._collect_ended = threading.Condition(self._lock)
         self._collecting: set[int] = set()  # trials whose collect() has been called
@@ -343,6 +350,8 @@ class SparkJobExecutor:
         tid = request.tid
         if self._cancelled.is_set():
             return not_submitted(tid)
+        if self._abandoned.is_set():
+            return _lost(tid, "the Spark Connect session of this job is gone on its server")
         tags = (self.tag, trial_tag(self._fmin_id, tid))
         if self._mlflow_dropped:
             request = dataclasses.replace(request, environ={})
@@ -381,6 +390,11 @@ class SparkJobExecutor:
         logger.debug("Cancelling all running jobs with tag %s", self.tag)
         self._interrupt(self.tag)
 
+    def abandon(self) -> None:
+        """Its session is gone (a restarted server): start nothing more, ask nothing of it;
+        what it still runs comes back lost (UNAVAILABLE), to run again elsewhere."""
+        self._abandoned.set()
+
     def _interrupt_stragglers(self) -> None:
         """Interrupt again, by trial tag, the jobs whose collect() has not returned: the first
         interruptTag may have reached the server before them."""
@@ -413,7 +427,9 @@ class SparkJobExecutor:
 
     def _outcome_of_exception(self, tid: int, exc: BaseException) -> TrialOutcome:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        if self._cancelled.is_set() or error_condition(exc) == OPERATION_CANCELED:
+        if self._abandoned.is_set():
+            kind = OutcomeKind.UNAVAILABLE
+        elif self._cancelled.is_set() or error_condition(exc) == OPERATION_CANCELED:
             kind = OutcomeKind.CANCELLED
         elif is_unavailable(exc):
             kind = OutcomeKind.UNAVAILABLE
@@ -436,3 +452,8 @@ def not_submitted(tid: int) -> TrialOutcome:
         error_type="<class 'connect_trials.TrialCancelled'>",
         error_text="the fmin was cancelled before this trial's job was submitted",
     )
+
+
+def _lost(tid: int, why: str) -> TrialOutcome:
+    error_type = "<class 'connect_trials.ClusterUnavailableError'>"
+    return TrialOutcome(tid, OutcomeKind.UNAVAILABLE, error_type=error_type, error_text=why)

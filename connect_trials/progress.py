@@ -37,6 +37,13 @@ class TrialProgress:
             set_postfix(f"best loss: {best}, running: {running}, failed: {failed}", refresh=False)
         self._bar.update(1)
 
+    def note(self, text: str) -> None:
+        """A line of its own under the bar (the search reconnected, say); a user's own
+        progress callback without ``write`` does not show it (the log has it)."""
+        write = getattr(self._bar, "write", None)
+        if callable(write):
+            write(text)
+
 
 def progress_callback_for(show_progressbar: Any, verbose: bool) -> Callable[..., Any]:
     """hyperopt's rule: no bar unless both are true; ``True`` means our tqdm bar."""

@@ -13,11 +13,19 @@ Whatever ends a trial (it returned, raised, failed, was cancelled, never launche
 server went away) goes through one function, ``_end_trial``: it records the outcome, relays
 the objective's MLflow logging, updates the progress, tells the tracker once and saves. The
 loop only routes outcomes there.
+
+A trial whose job was lost with its server or session (the server stopped answering, its
+driver restarted) does not end: it goes back to the front of the queue, its lost run
+counted as one attempt, and the search waits out the outage. Nothing is submitted while the
+server does not answer; once it does, ``SessionRecovery`` goes on with the same session or a
+new one, and the queue runs again. An outage that lasts ``reconnect_timeout`` fails fmin with
+``ClusterUnavailableError``: finished trials are kept, the others end CANCEL.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import math
 import queue
@@ -37,6 +45,8 @@ from connect_trials.compat import ClusterMismatchError
 from connect_trials.errors import ClusterUnavailableError, last_line, one_line
 from connect_trials.job import OutcomeKind
 from connect_trials.progress import TrialProgress
+from connect_trials.reconnect import SessionRecovery
+from connect_trials.session import SERVER_GONE_AFTER_S
 from connect_trials.stopping import StopRules
 from connect_trials.tracking import FminTracker
 from connect_trials.tracking.uris import redacted_text
@@ -58,8 +68,32 @@ FMIN_CANCELLED_REASON_USER = "fmin run cancelled by user"
 # (interruptTag makes a blocked collect() raise within about 0.2 s).
 _CANCEL_GRACE_S = 5.0
 _SIGNAL_SLICE_S = 0.5
-# The tid of the outcome the watchdog posts when the server is gone (no trial has it).
-_SERVER_GONE_TID = -1
+# During an outage, how often the loop asks whether the server is back.
+_RECOVER_EVERY_S = 1.0
+
+
+class ServerNews(enum.Enum):
+    """What the watchdog posts to the loop, beside the trials' outcomes."""
+
+    REFUSED = "refused"  # the first refused connection of an outage
+    ANSWERED = "answered"  # a connection accepted again after refusals
+    GONE = "gone"  # refused for the whole reconnect_timeout
+
+
+@dataclass(frozen=True)
+class ServerEvent:
+    news: ServerNews
+    detail: str = ""
+
+
+@dataclass
+class _Outage:
+    """The server stopped answering (or a trial's job was lost with it)."""
+
+    reason: str
+    since: float = dataclasses.field(default_factory=time.monotonic)  # time.monotonic()
+    since_wall: float = dataclasses.field(default_factory=time.time)
+    warned: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +121,8 @@ class TrialScheduler:
         tracker: FminTracker,
         progress: TrialProgress,
         after_trial: Callable[[], None] = lambda: None,
+        recovery: SessionRecovery | None = None,
+        reconnect_timeout: float = SERVER_GONE_AFTER_S,
     ) -> None:
         self.trials = trials
         self.domain = domain
@@ -98,9 +134,16 @@ class TrialScheduler:
         self.tracker = tracker
         self.progress = progress
         self.after_trial = after_trial  # e.g. save the trials (trials_save_file)
+        # Connect sessions only: the executor across server restarts (None: an outage fails fmin).
+        self.recovery = recovery
+        self.reconnect_timeout = reconnect_timeout
+        self._outage: _Outage | None = None
+        self._next_recovery_at = 0.0
+        self._attempts_lost: dict[int, int] = {}  # tid -> runs lost with their server
+        self._generation_of: dict[int, int] = {}  # tid -> the session generation it runs on
         self._n_failed = 0
         self._warnings_shown: set[str] = set()  # the workers' warnings, each logged once per fmin
-        self._completions: queue.Queue[job.TrialOutcome] = queue.Queue()
+        self._completions: queue.Queue[job.TrialOutcome | ServerEvent] = queue.Queue()
         self._pending: list[dict[str, Any]] = []  # suggested, not yet submitted
         self._running: dict[int, dict[str, Any]] = {}  # submitted, not yet ended
         self._n_suggested = 0
@@ -124,13 +167,13 @@ class TrialScheduler:
                 if self._deadline_passed():
                     self._cancel(FMIN_CANCELLED_REASON_TIMEOUT)
                     break
-                if not self._running:
+                if not self._running and (self._outage is None or not self._more_to_run()):
                     break
-                outcome = self._next_outcome(self.limits.deadline)
-                if outcome is None:
+                item = self._next_item(self.limits.deadline)
+                if item is None:
                     self._cancel(FMIN_CANCELLED_REASON_TIMEOUT)
                     break
-                if self._route(outcome):
+                if self._route(item):
                     break
         except KeyboardInterrupt:
             self._cancel(FMIN_CANCELLED_REASON_USER)
@@ -143,24 +186,34 @@ class TrialScheduler:
         finally:
             self._settle()
 
-    def _next_outcome(self, deadline: float | None) -> job.TrialOutcome | None:
-        """The next finished trial, or None at the deadline. Returns the moment one arrives;
-        the wait is cut into slices only so that a Ctrl-C reaches the main thread even when
-        the signal lands on another thread."""
+    def _next_item(self, deadline: float | None) -> job.TrialOutcome | ServerEvent | None:
+        """The next outcome or watchdog news, None at the deadline, or a ``ServerEvent`` of
+        the loop's own once an outage is over. Returns the moment one arrives; the wait is
+        cut into slices so that a Ctrl-C reaches the main thread even when the signal lands
+        on another thread, and so that an outage is looked at every ``_RECOVER_EVERY_S``."""
         while True:
+            if self._outage is not None and self._outage_over():
+                return ServerEvent(ServerNews.ANSWERED, "recovered")
             remaining = _remaining(deadline)
             if remaining == 0.0:
                 return None
+            wait = _SIGNAL_SLICE_S if remaining is None else min(remaining, _SIGNAL_SLICE_S)
             try:
-                return self._completions.get(
-                    timeout=_SIGNAL_SLICE_S if remaining is None else min(remaining, _SIGNAL_SLICE_S)
-                )
+                return self._completions.get(timeout=wait)
             except queue.Empty:
                 continue
 
     def server_gone(self, reason: str) -> None:
         """Called from any thread (the watchdog's) when the server is gone: ends the loop."""
-        self._completions.put(job.TrialOutcome(_SERVER_GONE_TID, OutcomeKind.UNAVAILABLE, error_text=reason))
+        self._completions.put(ServerEvent(ServerNews.GONE, reason))
+
+    def server_refused(self, detail: str) -> None:
+        """Called from the watchdog's thread at the first refused connection of an outage."""
+        self._completions.put(ServerEvent(ServerNews.REFUSED, detail))
+
+    def server_answered(self) -> None:
+        """Called from the watchdog's thread when the server accepts connections again."""
+        self._completions.put(ServerEvent(ServerNews.ANSWERED))
 
     def _deadline_passed(self) -> bool:
         return self.limits.deadline is not None and time.monotonic() >= self.limits.deadline
@@ -169,11 +222,14 @@ class TrialScheduler:
         """Submit trials while slots are free; never once the fmin is cancelled or its
         deadline has passed (points that fail before launch would loop here otherwise)."""
         while len(self._running) < self.parallelism:
-            if self.trials._fmin_cancelled or self._deadline_passed():
+            if self.trials._fmin_cancelled or self._deadline_passed() or self._outage is not None:
                 return
             if not self._pending and not self._suggest():
                 return
             self._submit(self._pending.pop(0))
+
+    def _more_to_run(self) -> bool:
+        return bool(self._pending) or (self._n_to_run > self._n_suggested and not self._exhausted)
 
     def _suggest(self) -> bool:
         """Ask the algorithm for the next trials; False when there will be no more."""
@@ -212,6 +268,8 @@ class TrialScheduler:
             # breakpoints and pdb's prompt work; one trial at a time.
             self._run_trial(trial, argument, argument_blob)
             return
+        if self.recovery is not None:
+            self._generation_of[tid] = self.recovery.generation
         thread = threading.Thread(
             target=self._run_trial, args=(trial, argument, argument_blob), name=f"connect-trials-trial-{tid}",
             daemon=True,
@@ -227,7 +285,8 @@ class TrialScheduler:
             environ = self.tracker.trial_started(trial, argument)
             # The tracking may have outlasted the fmin: then nothing is launched.
             if not (self.trials._fmin_cancelled or self._deadline_passed()):
-                outcome = self.executor.run_trial(job.TrialRequest(tid, argument_blob, environ))
+                request = job.TrialRequest(tid, argument_blob, environ, self._attempts_lost.get(tid, 0))
+                outcome = self.executor.run_trial(request)
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise  # debug mode's Ctrl-C (the IDE's stop button): the loop cancels the search
@@ -240,17 +299,18 @@ class TrialScheduler:
             self._completions.put(dataclasses.replace(outcome, received_at=time.monotonic()))
 
     # -- outcomes ---------------------------------------------------------------------------
-    def _route(self, outcome: job.TrialOutcome) -> bool:
+    def _route(self, item: job.TrialOutcome | ServerEvent) -> bool:
         """Send one outcome to its trial's way out; True when the search must stop."""
-        if outcome.tid == _SERVER_GONE_TID:
-            self._settle_grace_s = 0.0  # a dead server reports nothing more
-            raise ClusterUnavailableError(
-                f"{outcome.error_text}; fmin stopped. Every finished trial is kept in the "
-                "trials object; the running ones are cancelled."
-            )
+        if isinstance(item, ServerEvent):
+            self._hear(item)
+            return False
+        outcome = item
         trial = self._running.get(outcome.tid)
         if trial is None:
             return False  # its trial has ended already
+        if outcome.kind is OutcomeKind.UNAVAILABLE and self.recovery is not None:
+            self._lost(trial, outcome)
+            return False
         self._end_trial(trial, TrialEnd.of(outcome))
         if outcome.kind is OutcomeKind.UNAVAILABLE:
             raise ClusterUnavailableError(
@@ -266,6 +326,104 @@ class TrialScheduler:
             self._cancel(FMIN_CANCELLED_REASON_EARLY_STOPPING)
             return True
         return False
+
+    # -- outages ----------------------------------------------------------------------------
+    def _hear(self, event: ServerEvent) -> None:
+        if event.news is ServerNews.GONE:
+            self._settle_grace_s = 0.0  # a dead server reports nothing more
+            raise ClusterUnavailableError(
+                f"{event.detail}; fmin stopped. Every finished trial is kept in the trials "
+                "object; the ones that were running are cancelled."
+            )
+        if event.news is ServerNews.REFUSED and self.recovery is not None:
+            self._begin_outage(f"it refuses connections ({event.detail})", warn=True)
+        elif event.news is ServerNews.ANSWERED:
+            self._next_recovery_at = 0.0  # look now
+
+    def _lost(self, trial: dict[str, Any], outcome: job.TrialOutcome) -> None:
+        """A trial's job was lost with its server or session: it runs again, once the server
+        answers, as one more attempt (the worker refuses a run beyond the attempts allowed)."""
+        tid = trial["tid"]
+        del self._running[tid]
+        self._attempts_lost[tid] = self._attempts_lost.get(tid, 0) + 1
+        trial["state"] = base.JOB_STATE_NEW
+        self._pending.insert(0, trial)
+        logger.debug("trial task %s lost with its server, runs again: %s", tid, last_line(outcome.error_text))
+        assert self.recovery is not None
+        if self._generation_of.get(tid, 0) < self.recovery.generation:
+            return  # it ran on the session we left: the outage it saw is over
+        if self._outage is None:
+            self._begin_outage(f"a trial's job was lost ({last_line(outcome.error_text)})", warn=False)
+            if not self._outage_over():  # a survived session (a lid, a blip) needs no word
+                self._warn_outage()
+
+    def _begin_outage(self, reason: str, warn: bool) -> None:
+        if self._outage is None:
+            self._outage = _Outage(reason)
+            self._next_recovery_at = 0.0
+        if warn:
+            self._warn_outage()
+
+    def _warn_outage(self) -> None:
+        outage = self._outage
+        if outage is None or outage.warned:
+            return
+        outage.warned = True
+        logger.warning(
+            "the Spark Connect server at %s stopped answering at %s: %s. fmin submits no trial and "
+            "waits up to %.0f s for it to come back, then gives up (reconnect_timeout); Ctrl-C stops "
+            "the search now. %d trial(s) in flight run again if their jobs are lost.",
+            self._where(), time.strftime("%H:%M:%S", time.localtime(outage.since_wall)), outage.reason,
+            self.reconnect_timeout, len(self._running),
+        )  # fmt: skip
+
+    def _outage_over(self) -> bool:
+        """Ask (at most every ``_RECOVER_EVERY_S``) whether the server is back; True once the
+        search may go on. Raises ``ClusterUnavailableError`` once the outage has lasted
+        ``reconnect_timeout``."""
+        outage, recovery = self._outage, self.recovery
+        assert outage is not None and recovery is not None
+        now = time.monotonic()
+        left = outage.since + self.reconnect_timeout - now
+        if left <= 0:
+            self._settle_grace_s = 0.0
+            raise ClusterUnavailableError(
+                f"the Spark Connect server at {self._where()} did not come back within "
+                f"{self.reconnect_timeout:.0f} s (reconnect_timeout) after {outage.reason}; fmin "
+                "stopped. Every finished trial is kept in the trials object; the ones that were "
+                "running are cancelled."
+            )
+        if now < self._next_recovery_at:
+            return False
+        self._next_recovery_at = now + _RECOVER_EVERY_S
+        recovered = recovery.recover(timeout=min(left, _SIGNAL_SLICE_S))
+        if recovered is None:
+            return False
+        waited = time.monotonic() - outage.since
+        self._outage = None
+        # After a restart every trial in flight ran on the old session: it comes back lost.
+        again = sum(1 for t in self._pending if t["tid"] in self._attempts_lost)
+        again += len(self._running) if recovered.renewed else 0
+        if recovered.renewed:
+            text = (
+                f"reconnected to the Spark Connect server at {self._where()} after waiting "
+                f"{waited:.1f} s: it restarted, so the session fmin was given is gone on it; the "
+                f"search goes on in a new session (trials.spark_session). {again} trial(s) run again."
+            )
+            logger.warning(text)
+        else:
+            text = (
+                f"the Spark Connect server at {self._where()} answers again after {waited:.1f} s; "
+                "the session survived."
+            )
+            (logger.warning if outage.warned else logger.debug)(text)
+        if outage.warned or recovered.renewed:
+            self.progress.note(text)
+        return True
+
+    def _where(self) -> str:
+        address = self.recovery.address if self.recovery is not None else None
+        return "its URL" if address is None else f"{address[0]}:{address[1]}"
 
     def _end_trial(self, trial: dict[str, Any], end: TrialEnd) -> None:
         """The one way out of a trial, whatever ended it: record the outcome, relay what its
@@ -346,6 +504,8 @@ class TrialScheduler:
                 outcome = self._completions.get(timeout=_remaining(deadline))
             except queue.Empty:
                 break
+            if isinstance(outcome, ServerEvent):
+                continue
             trial = self._running.get(outcome.tid)
             if trial is None:
                 continue

@@ -6,10 +6,13 @@ inside :func:`watched`: a :class:`ServerWatchdog` opens a TCP connection to the 
 second. A busy or briefly paused server still accepts connections (the kernel does, for a
 stopped process), a dead one refuses them. Only a refusal counts: a timeout, a failed name
 lookup or an unreachable network says nothing about the server (a client behind a proxy may
-have no direct route to it at all). After ``SERVER_GONE_AFTER_S`` of refusals in a row the
-server is declared gone; fmin fails with ``ClusterUnavailableError``, and the session's retry
-loops still under way give up at once: their back-offs (up to a minute each by default) wait
-on an event that the server's death sets. When fmin returns, the session is as it was found.
+have no direct route to it at all). The first refusal is reported at once (fmin stops
+submitting and waits), a connection accepted again is reported too (fmin looks at whether its
+session survived, see ``reconnect.py``), and after ``gone_after`` seconds of refusals in a row
+the server is declared gone: fmin fails with ``ClusterUnavailableError``, and the session's
+retry loops still under way give up at once: their back-offs (up to a minute each by
+default) wait on a condition that the server's death, or its return, wakes. When fmin
+returns, the session is as it was found.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ logger = logging.getLogger("connect_trials")
 CONNECT = "connect"
 CLASSIC = "classic"
 
-# How long the server may refuse connections before fmin gives up on it: longer than a load
-# balancer's blip or a server's pause, far shorter than the client's ~10 minutes of retries.
+# How long the server may refuse connections before fmin gives up on it, unless the fmin says
+# otherwise (``ConnectTrials(reconnect_timeout=)``: 120 s): longer than a load balancer's blip
+# or a server's pause, far shorter than the client's ~10 minutes of retries.
 SERVER_GONE_AFTER_S = 20.0
 _PROBE_EVERY_S = 1.0
 _PROBE_TIMEOUT_S = 2.0
@@ -48,9 +52,25 @@ _PROBE_TIMEOUT_S = 2.0
 # exit) gives up in seconds instead of hanging the process for the default ~10 minutes.
 _RETRIES, _INITIAL_BACKOFF_MS, _MAX_BACKOFF_MS = 5, 100, 1000
 
-# Error conditions of the Connect client that say the session or its server is gone.
+# Error conditions that say the session is gone on its server (a restarted driver), or the
+# client is closed for it.
 _SESSION_GONE_CONDITIONS = frozenset(
-    {"NO_ACTIVE_SESSION", "INVALID_HANDLE.SESSION_CLOSED", "RETRIES_EXCEEDED"}
+    {
+        "NO_ACTIVE_SESSION",
+        "INVALID_HANDLE.SESSION_CLOSED",
+        "INVALID_HANDLE.SESSION_CHANGED",
+        "INVALID_HANDLE.SESSION_NOT_FOUND",
+    }
+)
+# ... and those that say an operation was lost with its server, its session, or a client that
+# went silent (a laptop's lid): its job did not fail, it is gone.
+_LOST_CONDITIONS = _SESSION_GONE_CONDITIONS | {"RETRIES_EXCEEDED"}
+# How a reattaching execution reports the same (RESPONSE_ALREADY_RECEIVED names it in its text).
+_LOST_HANDLES = (
+    "INVALID_HANDLE.SESSION_NOT_FOUND",
+    "INVALID_HANDLE.SESSION_CHANGED",
+    "INVALID_HANDLE.OPERATION_NOT_FOUND",
+    "INVALID_HANDLE.OPERATION_ABANDONED",
 )
 OPERATION_CANCELED = "OPERATION_CANCELED"
 
@@ -81,11 +101,21 @@ def error_condition(exc: BaseException) -> str | None:
         return None
 
 
+def is_session_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` says the session no longer exists on its server (or its client closed)."""
+    return error_condition(exc) in _SESSION_GONE_CONDITIONS
+
+
 def is_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the Spark Connect server is gone (not that a job failed)."""
+    """Whether ``exc`` says a job was lost with its server or session, not that it failed:
+    the server cannot be reached, the session is gone on it, or the server dropped the
+    operation of a client that went silent."""
     if isinstance(exc, ClusterUnavailableError):
         return True
-    if error_condition(exc) in _SESSION_GONE_CONDITIONS:
+    if error_condition(exc) in _LOST_CONDITIONS or error_condition(exc) in _LOST_HANDLES:
+        return True
+    text = str(exc)
+    if error_condition(exc) == "RESPONSE_ALREADY_RECEIVED" and any(h in text for h in _LOST_HANDLES):
         return True
     try:
         import grpc
@@ -175,13 +205,15 @@ def probe_server(address: tuple[str, int], timeout: float = _PROBE_TIMEOUT_S) ->
 class ServerWatchdog:
     """Declares a server gone after it refused TCP connections for ``gone_after`` seconds.
 
-    Runs in a thread of its own; ``on_gone`` is called once, from that thread. Only refusals
+    Runs in a thread of its own; its callbacks are called from that thread. Only refusals
     count (see :func:`probe_server`). A probe that cannot tell (a timeout, a failed lookup, an
     unreachable network) is logged at DEBUG and starts the count again, as an accepted
     connection does: the verdict needs ``gone_after`` seconds of refusals in a row, because a
     wrong verdict kills a healthy fmin while a late one only delays the failure that the
-    trials' own calls report anyway. Nothing it does touches a session, so it serves any
-    caller that wants to know whether a server is there (fmin, a reconnect)."""
+    trials' own calls report anyway. ``on_refused(detail)`` is called at the first refusal of
+    an outage (by default it logs a warning), ``on_answered()`` when a connection is accepted
+    again after one, and ``on_gone(reason)`` once, at the verdict. Nothing it does touches a
+    session, so it serves any caller that wants to know whether a server is there."""
 
     def __init__(
         self,
@@ -191,9 +223,13 @@ class ServerWatchdog:
         probe_every: float = _PROBE_EVERY_S,
         probe: Callable[[tuple[str, int]], ProbeResult] = probe_server,
         clock: Callable[[], float] = time.monotonic,
+        on_refused: Callable[[str], None] | None = None,
+        on_answered: Callable[[], None] | None = None,
     ) -> None:
         self.address = address
         self._on_gone = on_gone
+        self._on_refused = on_refused or self._warn_refused
+        self._on_answered = on_answered or (lambda: None)
         self._gone_after = gone_after
         self._probe_every = probe_every
         self._probe = probe
@@ -208,10 +244,22 @@ class ServerWatchdog:
     def __exit__(self, *exc: object) -> None:
         self._stopped.set()
 
+    @property
+    def where(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+    def _warn_refused(self, detail: str) -> None:
+        logger.warning(
+            "the Spark Connect server at %s refuses connections (%s); fmin gives up on it after "
+            "%.0f s of refusals",
+            self.where,
+            detail,
+            self._gone_after,
+        )
+
     def _watch(self) -> None:
-        where = f"{self.address[0]}:{self.address[1]}"
         refused_since: float | None = None
-        warned = False  # once per outage: from the first refusal after an accepted connection
+        outage = False  # from the first refusal after an accepted connection to the next one
         last: Probe | None = None
         while not self._stopped.wait(self._probe_every):
             result = self._probe(self.address)
@@ -220,28 +268,24 @@ class ServerWatchdog:
                     logger.debug(
                         "cannot tell whether the Spark Connect server at %s is there (%s); "
                         "not counted as a refusal",
-                        where,
+                        self.where,
                         result.detail,
                     )
-                warned = warned and result.kind is not Probe.ACCEPTED
+                if result.kind is Probe.ACCEPTED and outage:
+                    outage = False
+                    self._on_answered()
                 refused_since, last = None, result.kind
                 continue
             last = Probe.REFUSED
             now = self._clock()
             if refused_since is None:
                 refused_since = now
-                if not warned:
-                    warned = True
-                    logger.warning(
-                        "the Spark Connect server at %s refuses connections (%s); fmin gives "
-                        "up on it after %.0f s of refusals",
-                        where,
-                        result.detail,
-                        self._gone_after,
-                    )
+                if not outage:
+                    outage = True
+                    self._on_refused(result.detail)
             if now - refused_since >= self._gone_after and not self._stopped.is_set():
                 self._on_gone(
-                    f"the Spark Connect server at {where} refused connections for "
+                    f"the Spark Connect server at {self.where} refused connections for "
                     f"{now - refused_since:.0f} s ({result.detail})"
                 )
                 return
@@ -251,23 +295,25 @@ class ServerWatch:
     """The context of one fmin on a session: its server watched, the session as found after.
 
     Use it through :func:`watched`. Within the block, the Connect client's retry loops sleep
-    their back-offs on an event (they sleep as long as before), and a
-    :class:`ServerWatchdog` probes the server. When the server is declared gone (by the
-    watchdog, by :meth:`give_up`, or by a ``ClusterUnavailableError`` leaving the block),
-    every retry loop started within the block ends at its next attempt, asleep or not, and
-    so do the loops that the block's calls start later (pyspark's release of an interrupted
-    execution runs in a thread pool that the interpreter joins at exit: a CI run hung there
-    for a minute-long back-off). Then ``on_gone(reason)`` is called, once, if the watchdog
-    was the one to tell.
+    their back-offs on a condition (they sleep as long as before, unless woken), and a
+    :class:`ServerWatchdog` probes the server. :meth:`nudge` wakes the sleeping loops for an
+    attempt now (the server answers again: no reattach should wait out a minute-long
+    back-off). When the server is declared gone (by the watchdog, by :meth:`give_up`, or by a
+    ``ClusterUnavailableError`` leaving the block), every retry loop started within the
+    block ends at its next attempt, asleep or not, and so do the loops that the block's calls
+    start later (pyspark's release of an interrupted execution runs in a thread pool that the
+    interpreter joins at exit: a CI run hung there for a minute-long back-off). Then
+    ``on_gone(reason)`` is called, once, if the watchdog was the one to tell.
+    ``on_refused``/``on_answered`` are the watchdog's (see :class:`ServerWatchdog`).
 
     After the block, the client's ``_retrying`` is what it was, and the user's retry policy
     objects were never modified (their ``max_retries`` included), so a session whose server
     was not declared gone is exactly as found. One whose server was declared gone keeps a
     policy that gives up in seconds: whatever still talks to it afterwards (``spark.stop()``
     releasing the session, pyspark's exit hooks) would otherwise retry for ~10 minutes
-    against a server that refused connections for ``SERVER_GONE_AFTER_S``. The user's own
-    policies are kept in :attr:`found_policies`, for a caller that sees the server back
-    (``client.set_retry_policies(watch.found_policies)``).
+    against a server that refused connections for ``gone_after``. So does one the fmin
+    :meth:`moved <move_to>` away from (it is gone on its restarted server). The user's own
+    policies are kept in :attr:`found_policies`, for a new session to the same server.
 
     Several fmins may watch one session at once (threads): they share the wakeable retry
     loops, and the last to leave puts ``_retrying`` back. Classic sessions, and Connect
@@ -279,12 +325,17 @@ class ServerWatch:
         on_gone: Callable[[str], None],
         gone_after: float = SERVER_GONE_AFTER_S,
         probe_every: float = _PROBE_EVERY_S,
+        on_refused: Callable[[str], None] | None = None,
+        on_answered: Callable[[], None] | None = None,
     ) -> None:
         self._spark = spark
         self._on_gone = on_gone
         self.address = server_address(spark)
         self._watchdog = (
-            ServerWatchdog(self.address, self._declared_gone, gone_after, probe_every)
+            ServerWatchdog(
+                self.address, self._declared_gone, gone_after, probe_every,
+                on_refused=on_refused, on_answered=on_answered,
+            )  # fmt: skip
             if self.address is not None
             else None
         )
@@ -302,6 +353,24 @@ class ServerWatch:
         self._retries = _WakeableRetries.join(client)
         self._watchdog.__enter__()
         return self
+
+    def nudge(self) -> None:
+        """Wake the session's retry loops asleep in a back-off: they try again now."""
+        retries = self._retries
+        if retries is not None:
+            retries.nudge()
+
+    def move_to(self, spark: Any) -> None:
+        """Watch ``spark``, a new session to the same server, instead: the one watched so far
+        is gone on the server (a restarted driver), so its retry loops give up now."""
+        with self._lock:
+            old, self._spark = self._retries, spark
+            self._retries = None
+            if old is not None:
+                old.give_up()
+                old.leave()
+            if self._watchdog is not None and not self._closed:
+                self._retries = _WakeableRetries.join(spark.client)
 
     def give_up(self, reason: str) -> bool:
         """Declare the server gone (fmin's own evidence); False if it was, or the block ended."""
@@ -327,10 +396,11 @@ class ServerWatch:
             self.give_up(str(exc))
         with self._lock:
             self._closed = True
+            retries, self._retries = self._retries, None
         if self._watchdog is not None:
             self._watchdog.__exit__()
-        if self._retries is not None:
-            self._retries.leave()
+        if retries is not None:
+            retries.leave()
 
 
 def watched(
@@ -338,9 +408,11 @@ def watched(
     on_gone: Callable[[str], None],
     gone_after: float = SERVER_GONE_AFTER_S,
     probe_every: float = _PROBE_EVERY_S,
+    on_refused: Callable[[str], None] | None = None,
+    on_answered: Callable[[], None] | None = None,
 ) -> ServerWatch:
     """The context one fmin runs in: ``with watched(spark, on_gone): ...`` (see :class:`ServerWatch`)."""
-    return ServerWatch(spark, on_gone, gone_after, probe_every)
+    return ServerWatch(spark, on_gone, gone_after, probe_every, on_refused, on_answered)
 
 
 # The _WakeableRetries of a Connect client, while some fmin watches it.
@@ -355,15 +427,16 @@ class _WakeableRetries:
     pyspark makes each loop with ``client._retrying()`` (read per call; the reattaching
     iterators keep the callable they were made with) and sleeps between attempts with
     ``loop._sleep``; each loop reads its ``_policies`` at every attempt. Here ``_retrying``
-    makes the client's loops as before, except that they sleep on ``_backoff_ends`` (a wait
-    that times out as the sleep would) and are remembered, weakly, so that :meth:`give_up`
-    can end them without touching the user's policy objects."""
+    makes the client's loops as before, except that they sleep on a condition (a wait that
+    times out as the sleep would, unless :meth:`nudge` or :meth:`give_up` wakes it) and are
+    remembered, weakly, so that :meth:`give_up` can end them without touching the user's
+    policy objects."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
         self._found = client.__dict__.get("_retrying", _ABSENT)
         self._make_loop = client._retrying
-        self._backoff_ends = threading.Event()
+        self._wake = threading.Condition()
         self._lock = threading.Lock()
         self._loops: weakref.WeakSet[Any] = weakref.WeakSet()
         self._server_gone = False
@@ -399,7 +472,7 @@ class _WakeableRetries:
 
     def _retrying(self) -> Any:
         loop = self._make_loop()
-        loop._sleep = self._backoff_ends.wait  # wait(s) lasts as long as time.sleep(s), unless set
+        loop._sleep = self._sleep
         with self._lock:
             if self._server_gone:
                 loop._policies = []  # no policy retries anything: the call fails at once
@@ -418,7 +491,18 @@ class _WakeableRetries:
         for loop in loops:
             loop._policies = []  # read at the loop's next attempt
         self._client.set_retry_policies([_bounded_policy(_default_policy_class())])
-        self._backoff_ends.set()
+        self.nudge()
+
+    def _sleep(self, seconds: float) -> None:
+        """A back-off: as long as ``time.sleep(seconds)``, unless woken first."""
+        with self._wake:
+            if not self._server_gone:
+                self._wake.wait(seconds)
+
+    def nudge(self) -> None:
+        """Wake every loop asleep in a back-off: each makes its next attempt now."""
+        with self._wake:
+            self._wake.notify_all()
 
 
 def _default_policy_class() -> Any:
@@ -436,6 +520,45 @@ def _bounded_policy(policy_class: Any) -> Any:
         max_backoff=_MAX_BACKOFF_MS,
         jitter=0,
     )
+
+
+# -- after an outage ---------------------------------------------------------------------------
+def session_alive(spark: Any, timeout: float) -> bool | None:
+    """Whether ``spark``'s session still lives on its server, asked with one cheap call: False
+    when the server says it has no such session (its driver restarted) or the client closed
+    itself for that reason, None when the call cannot tell within ``timeout`` seconds."""
+    if spark.client.is_closed:
+        return False
+    answer: list[bool | None] = []
+
+    def ask() -> None:
+        try:
+            spark.conf.get("spark.app.name")
+            answer.append(True)
+        except Exception as exc:  # noqa: BLE001 - an answer either way
+            answer.append(False if is_session_gone(exc) or spark.client.is_closed else None)
+
+    asking = threading.Thread(target=ask, name="connect-trials-session-check", daemon=True)
+    asking.start()
+    asking.join(timeout)
+    return answer[0] if answer else None
+
+
+def reopen_session(spark: Any, retry_policies: list[Any]) -> Any:
+    """A new Spark Connect session to ``spark``'s server, with its URL and credentials (its
+    channel builder) and ``retry_policies``. The user's default and active sessions stay the
+    ones they had: this session belongs to the fmin until the user takes it."""
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    with ConnectSession._lock:
+        default = ConnectSession._default_session
+        active = getattr(ConnectSession._active_session, "session", None)
+        session = ConnectSession.builder.channelBuilder(spark.client._builder).create()
+        ConnectSession._default_session = default
+        ConnectSession._active_session.session = active
+    if retry_policies:
+        session.client.set_retry_policies(retry_policies)
+    return session
 
 
 @contextlib.contextmanager

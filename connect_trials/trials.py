@@ -50,6 +50,10 @@ class ConnectTrials(Trials):
         (stage-level scheduling; ignored with a warning on a local master).
     :param mlflow_tracking: ``None`` (on unless the Spark conf
         ``spark.databricks.mlflow.trackHyperopt.enabled`` is ``false``), ``True`` or ``False``.
+    :param reconnect_timeout: seconds fmin waits for a Spark Connect server that stopped
+        answering (a restarted driver, a network outage) before it raises
+        ``ClusterUnavailableError``; trials in flight then run again. After a driver restart
+        the search goes on in a new session, :attr:`spark_session`.
     """
 
     asynchronous = True
@@ -66,8 +70,10 @@ class ConnectTrials(Trials):
         resource_profile: Any = None,
         mlflow_tracking: bool | None = None,
         debug: bool | None = None,
+        reconnect_timeout: float = arguments.DEFAULT_RECONNECT_TIMEOUT_S,
     ) -> None:
         super().__init__(exp_key=None, refresh=False)
+        self.reconnect_timeout = arguments.validated_reconnect_timeout(reconnect_timeout)
         arguments.validate_parallelism(parallelism)
         arguments.validate_timeout(timeout)
         arguments.validate_loss_threshold(loss_threshold)
@@ -112,9 +118,17 @@ class ConnectTrials(Trials):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        self.reconnect_timeout = arguments.DEFAULT_RECONNECT_TIMEOUT_S  # files saved before it
         self.__dict__.update(state)
         self._spark = None  # the active session is taken when the trials are used again
         self.refresh()  # trials.trials is derived from the documents: the saved one may lag them
+
+    @property
+    def spark_session(self) -> Any:
+        """The Spark session fmin runs on: the one given (or found), or, after its server
+        restarted during an fmin, the new session the search went on in (the old one is
+        gone on the server)."""
+        return self._session()
 
     def _session(self) -> Any:
         """The session fmin runs on: the one given or found at construction, else (after

@@ -36,7 +36,7 @@ def main(url: str, signal_port: int) -> None:
         time.sleep(300)
         return x
 
-    trials = ConnectTrials(parallelism=1, spark_session=spark)
+    trials = ConnectTrials(parallelism=1, spark_session=spark, reconnect_timeout=20)
     report: dict[str, object] = {}
     try:
         fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 10, trials=trials, show_progressbar=False)

@@ -89,7 +89,8 @@ def test_a_server_dying_mid_fmin_fails_fmin_in_tens_of_seconds_and_keeps_finishe
     report = json.loads(out.strip().splitlines()[-1])
     assert report["error"] == "ClusterUnavailableError", report
     # Whichever notices first: the trial's own call, or the watchdog (see session.py).
-    assert "stopped answering" in report["message"] or "refused connections" in report["message"]
+    said = ("stopped answering", "refused connections", "did not come back")
+    assert any(text in report["message"] for text in said)
     assert report["successful"] == 3
     assert report["cancelled"] == 1
     # The watchdog declares a server gone after 20 s of refused connections (session.py).

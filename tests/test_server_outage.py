@@ -211,11 +211,72 @@ def test_a_dead_server_fails_fmin_in_tens_of_seconds_and_keeps_finished_trials(
         os.killpg(own_server._proc.pid, signal.SIGKILL)
 
     threading.Thread(target=kill_the_server_once_the_second_trial_runs, daemon=True).start()
-    trials = ConnectTrials(parallelism=1, spark_session=own_spark)
-    with pytest.raises(ClusterUnavailableError, match="refused connections"):
+    trials = ConnectTrials(parallelism=1, spark_session=own_spark, reconnect_timeout=SERVER_GONE_AFTER_S)
+    with pytest.raises(ClusterUnavailableError, match="refused connections|did not come back"):
         fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 3, trials=trials, show_progressbar=False)
     failed_after = time.monotonic() - killed_at[0]
     listener.close()
     assert failed_after < SERVER_GONE_AFTER_S + 15, f"fmin took {failed_after:.0f} s to give up"
     states = [t["state"] for t in trials._dynamic_trials]
     assert states == [base.JOB_STATE_DONE, base.JOB_STATE_CANCEL]
+
+
+def test_a_server_restarted_on_its_port_with_its_token_costs_only_the_trials_in_flight(tmp_path):
+    """A driver restart: the server is killed and started again 5 s later at the same URL.
+    The search goes on in a new session; the trials in flight run once more; all end DONE."""
+    import mlflow
+    from pyspark.sql import SparkSession
+
+    server = LocalConnectServer(master="local[2]", state_dir=tmp_path / "restarting").start()
+    session = SparkSession.builder.remote(server.url).create()
+    listener, port = running_signal()
+    runs: list[str] = []
+
+    def objective(x: float) -> float:
+        import socket
+        import time
+
+        socket.create_connection(("127.0.0.1", port)).close()  # "a run of a trial starts"
+        time.sleep(2)
+        return x
+
+    restarted = threading.Event()
+
+    def count_runs_and_restart_after_the_third() -> None:
+        while True:
+            try:
+                connection = listener.accept()[0]
+            except OSError:
+                return
+            connection.close()
+            runs.append("run")
+            if len(runs) == 3:
+                os.killpg(server._proc.pid, signal.SIGKILL)
+                server._proc.wait()
+                time.sleep(5)  # the outage itself: the driver restarting
+                server.start(keep_token=True)
+                restarted.set()
+
+    threading.Thread(target=count_runs_and_restart_after_the_third, daemon=True).start()
+    try:
+        trials = ConnectTrials(parallelism=2, spark_session=session, reconnect_timeout=60)
+        fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 6, trials=trials, show_progressbar=False)
+        assert restarted.is_set()
+        assert [t["state"] for t in trials._dynamic_trials] == [base.JOB_STATE_DONE] * 6
+        # 6 trials, and at most the 2 in flight at the kill (plus the one starting) ran again.
+        assert 6 <= len(runs) <= 9
+        assert trials.spark_session is not session
+        assert trials.spark_session.range(3).count() == 3  # the new session is live
+        attempts = [(t["misc"].get("connect_trials") or {}).get("attempt") for t in trials._dynamic_trials]
+        assert all(a in (0, 1) for a in attempts), attempts
+        client = mlflow.MlflowClient()
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        left = [r for r in client.search_runs(experiments) if r.info.status == "RUNNING"]
+        assert left == []
+    finally:
+        listener.close()
+        try:
+            trials.spark_session.stop()
+        except Exception:  # noqa: BLE001
+            pass
+        server.stop()

@@ -69,8 +69,13 @@ class ChildRunLedger:
         objective logged relayed into it)."""
         child = ChildRun(trial, argument)
         with self._lock:
-            if self._closed or self._writes.broken.is_set() or trial["tid"] in self._children:
-                return None  # (a trial that ended before its thread came here has its run)
+            if self._closed or self._writes.broken.is_set():
+                return None
+            known = self._children.get(trial["tid"])
+            if known is not None:
+                # A trial that runs again (its job was lost with its server) keeps its run; one
+                # that ended before its thread came here has its run already.
+                return known.run_id if known.state is ChildState.TAKEN else None
             self._children[trial["tid"]] = child
             stalled = self._stalled
         created = self.creation.submit(self._create, child)

@@ -33,6 +33,7 @@ def trial_task(
     argument_blob: bytes,
     environ: dict[str, str],
     client_versions: tuple[str, str] | None = None,
+    attempts_lost: int = 0,
 ) -> Callable[[Iterable[Any]], Iterator[Any]]:
     """The ``mapInPandas`` function of one trial on an executor: runs the objective, yields
     one row.
@@ -40,14 +41,16 @@ def trial_task(
     ``objective`` refers to the fmin's payload (see ``objective.ObjectiveRef``, shipped once
     per fmin by ``job.ship_objective``). ``environ`` holds the trial's own, non-secret
     variables. ``client_versions``: the client's Python and pyspark versions, checked before
-    the objective is unpickled (see :func:`run_objective`)."""
+    the objective is unpickled (see :func:`run_objective`). ``attempts_lost``: earlier jobs
+    of this trial lost with their server (a restarted driver); they count as attempts."""
 
     def run(batches: Iterable[Any]) -> Iterator[Any]:
         for _ in batches:  # one empty-ish input row; consume it so Spark sees the input done
             pass
         row = run_objective(
-            objective, argument_blob, environ, host=Host.EXECUTOR, client_versions=client_versions
-        )
+            objective, argument_blob, environ, host=Host.EXECUTOR, client_versions=client_versions,
+            attempts_lost=attempts_lost,
+        )  # fmt: skip
         if row["status"] == STATUS_ATTEMPTS_EXHAUSTED:
             raise TrialRetriedError(row["error_text"])
         yield result_frame(row)
@@ -62,6 +65,7 @@ def run_objective(
     *,
     host: Host = Host.EXECUTOR,
     client_versions: tuple[str, str] | None = None,
+    attempts_lost: int = 0,
 ) -> dict[str, Any]:
     """Call the objective and describe what happened in a row (see ``row.py``).
 
@@ -69,7 +73,8 @@ def run_objective(
     value that does not pickle, even ``KeyboardInterrupt``), the task succeeds and yields
     its row, so Spark retries a trial's task only when its Python worker or executor died
     under it. Such a retry runs the objective again, up to ``MAX_OBJECTIVE_ATTEMPTS``
-    attempts in all; a later one answers ``STATUS_ATTEMPTS_EXHAUSTED``. In the client
+    attempts in all, counting the trial's jobs lost with their server (``attempts_lost``); a
+    later one answers ``STATUS_ATTEMPTS_EXHAUSTED``. In the client
     (``Host.CLIENT``), ``KeyboardInterrupt`` and ``SystemExit`` propagate, after clean-up.
 
     ``client_versions`` (Python, pyspark): a worker whose Python major.minor or pyspark major
@@ -77,7 +82,7 @@ def run_objective(
     versions in ``error_text``. The check rides in every trial's job, so no job of its own is
     needed."""
     started_at = time.time()
-    attempt = _task_attempt()
+    attempt = attempts_lost + _task_attempt()
     row = new_row(attempt)
     mine = _versions()
     if client_versions is not None and _incompatible(client_versions, mine):
@@ -87,11 +92,11 @@ def run_objective(
             status=STATUS_ATTEMPTS_EXHAUSTED,
             error_type=str(TrialRetriedError),
             error_text=(
-                f"Spark started this trial's task once more (attempt {attempt}, counting from 0) "
-                f"after {attempt} attempts that ran the objective, whose Python worker or executor "
-                "died before the trial ended (os._exit, a segfault, an OOM kill, a lost executor), "
-                f"or that still run (speculative copies). The objective is run at most "
-                f"{MAX_OBJECTIVE_ATTEMPTS} times."
+                f"this trial was started once more (attempt {attempt}, counting from 0) after "
+                f"{attempt} attempts that ran the objective, whose Python worker, executor or "
+                "Spark Connect server died before the trial ended (os._exit, a segfault, an OOM "
+                "kill, a lost executor, a restarted driver), or that still run (speculative "
+                f"copies). The objective is run at most {MAX_OBJECTIVE_ATTEMPTS} times."
             ),
         )
     else:
