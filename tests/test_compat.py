@@ -56,6 +56,7 @@ def test_pysparks_own_refusal_of_this_python_becomes_the_same_clear_error():
 
     executor = SparkJobExecutor.__new__(SparkJobExecutor)
     executor._cancelled = threading.Event()
+    executor._abandoned = threading.Event()
     refusal = RuntimeError(
         "[PYTHON_VERSION_MISMATCH] Python in worker has different version: 3.10 than that in driver: 3.11, "
         "PySpark cannot run with different minor versions."
