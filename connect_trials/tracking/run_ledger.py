@@ -112,7 +112,8 @@ class ChildRunLedger:
                 child.state = ChildState.ENDING
                 if waits_for_run:
                     return  # _create ends it when it lands
-        self._writes.later(self._create_and_end if unstarted else self.write_end, child)
+            carried = sum(len(payload) for payload in child.relayed)
+        self._writes.later(self._create_and_end if unstarted else self.write_end, child, size=carried)
 
     def end_unfinished(self) -> None:
         """fmin is over: end every run whose trial did not say it ended, as its document says."""
