@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,7 @@ from hyperopt import base
 
 from connect_trials import job, resume
 from connect_trials.arguments import FminCall
+from connect_trials.errors import one_line
 from connect_trials.inline import InlineExecutor
 from connect_trials.progress import trial_progress
 from connect_trials.reconnect import SessionRecovery
@@ -63,6 +65,7 @@ class FminRun:
             deadline=None if trials.timeout is None else call.called_at + trials.timeout,
         )
         self.scheduler: TrialScheduler | None = None
+        self.journal: resume.SaveJournal | None = None
 
     def run(self, spark: Any) -> None:
         trials = self.trials
@@ -113,15 +116,19 @@ class FminRun:
             executor = recovery = SessionRecovery(trials, spark, watch, executor_on)
         else:
             executor = executor_on(spark)
-        save_file = self.trials_save_file
+        path = self.trials_save_file
+        # Appended to when it holds these trials already; else a fresh snapshot, as hyperopt's.
+        append = bool(path) and getattr(trials, "_saved_to", None) == path and os.path.exists(path)
+        journal = self.journal = resume.SaveJournal(path, append=append) if path else None
         total = None if self.call.unlimited else self.call.max_evals
         with trial_progress(self.progress_callback, initial=0, total=total) as progress:
             self.scheduler = TrialScheduler(
                 trials=trials, domain=self.domain, algo=self.call.algo, rstate=self.call.rstate,
                 executor=executor, parallelism=trials.parallelism, limits=self.limits, tracker=tracker,
                 progress=progress,
-                after_trial=(lambda: resume.save_trials(trials, save_file)) if save_file else (lambda: None),
+                after_trial=(lambda t: journal.trial_ended(trials, t)) if journal else (lambda t: None),
                 recovery=recovery, reconnect_timeout=trials.reconnect_timeout,
+                output_kept_in=_output_kept_in(tracker, self.trials_save_file),
             )  # fmt: skip
             try:
                 self.scheduler.run()
@@ -134,7 +141,20 @@ class FminRun:
             finally:
                 if recovery is not None:
                     recovery.close()
+                if journal is not None:
+                    self._close_journal(journal)
             logger.debug("fmin thread exits normally.")
+
+    def _close_journal(self, journal: resume.SaveJournal) -> None:
+        """Compact the save file into one pickle, unless outputs have left memory: then the
+        trials no longer hold what its records do, and the journal stays as it is."""
+        trials = self.trials
+        moved = any("output_moved_to" in t["misc"] for t in trials._dynamic_trials)
+        try:
+            journal.close(trials, compact=not moved)
+        except Exception as exc:  # noqa: BLE001 - the journal as written is a valid save file
+            logger.warning("could not compact the trials_save_file %s: %s", journal.path, one_line(exc))
+        trials._saved_to = journal.path
 
     def _server_refused(self, detail: str) -> None:
         if self.scheduler is not None:
@@ -149,3 +169,11 @@ class FminRun:
         before it does, the session's calls give up at once instead, see session.watched)."""
         if self.scheduler is not None:
             self.scheduler.server_gone(reason)
+
+
+def _output_kept_in(tracker: FminTracker, save_file: str) -> str:
+    """Where a trial's output can still be read once it leaves memory (``outputs``)."""
+    places = (["output.txt of the trial's MLflow child run"] if tracker.keeps_output else []) + (
+        [f"the trials_save_file {save_file}"] if save_file else []
+    )
+    return " and ".join(places)

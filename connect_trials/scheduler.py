@@ -44,6 +44,7 @@ from connect_trials import job
 from connect_trials.compat import ClusterMismatchError
 from connect_trials.errors import ClusterUnavailableError, last_line, one_line
 from connect_trials.job import OutcomeKind
+from connect_trials.outputs import OutputBudget
 from connect_trials.progress import TrialProgress
 from connect_trials.reconnect import SessionRecovery
 from connect_trials.session import SERVER_GONE_AFTER_S
@@ -120,9 +121,10 @@ class TrialScheduler:
         limits: SearchLimits,
         tracker: FminTracker,
         progress: TrialProgress,
-        after_trial: Callable[[], None] = lambda: None,
+        after_trial: Callable[[dict[str, Any]], None] = lambda trial: None,
         recovery: SessionRecovery | None = None,
         reconnect_timeout: float = SERVER_GONE_AFTER_S,
+        output_kept_in: str = "",
     ) -> None:
         self.trials = trials
         self.domain = domain
@@ -133,7 +135,7 @@ class TrialScheduler:
         self.limits = limits
         self.tracker = tracker
         self.progress = progress
-        self.after_trial = after_trial  # e.g. save the trials (trials_save_file)
+        self.after_trial = after_trial  # e.g. append the trial to the trials_save_file
         # Connect sessions only: the executor across server restarts (None: an outage fails fmin).
         self.recovery = recovery
         self.reconnect_timeout = reconnect_timeout
@@ -158,6 +160,7 @@ class TrialScheduler:
         )  # fmt: skip
         self._cancelled_at = math.inf  # time.monotonic() when the first cancellation was issued
         self._settle_grace_s = _CANCEL_GRACE_S
+        self.outputs = OutputBudget(trials, output_kept_in)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -462,9 +465,10 @@ class TrialScheduler:
             self.progress.trial_finished(best_loss, running=len(self._running), failed=self._n_failed)
         self.tracker.trial_finished(trial, best_loss)
         try:
-            self.after_trial()
+            self.after_trial(trial)
         except Exception as exc:  # noqa: BLE001 - a full disk must not end the search, nor its settling
             logger.warning("could not save the trials after trial %s: %s", tid, one_line(exc))
+        self.outputs.hold(trial)  # after the save: the file keeps what leaves memory
 
     def _show_worker_warnings(self, outcome: job.TrialOutcome) -> None:
         """Log what the objective warned about on its worker (MLflow's own warnings among

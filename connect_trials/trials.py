@@ -108,17 +108,19 @@ class ConnectTrials(Trials):
         self._last_fmin: _LastFmin | None = None
         self._resume_parent_run_id: str | None = None
         self._resume_fmin_uuid: str | None = None
+        self._saved_to: str | None = None  # the trials_save_file that holds every trial here
         self.refresh()
 
     # -- pickling (trials_save_file): sessions do not pickle, and die with their process --------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_spark", "_session_kind", "_resource_profile", "_last_fmin"):
+        for name in ("_spark", "_session_kind", "_resource_profile", "_last_fmin", "_saved_to"):
             state[name] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.reconnect_timeout = arguments.DEFAULT_RECONNECT_TIMEOUT_S  # files saved before it
+        self._saved_to = None
         self.__dict__.update(state)
         self._spark = None  # the active session is taken when the trials are used again
         self.refresh()  # trials.trials is derived from the documents: the saved one may lag them
@@ -228,6 +230,7 @@ class ConnectTrials(Trials):
     def delete_all(self) -> None:
         """Reset the trials to their initial state."""
         super().delete_all()
+        self._saved_to = None  # the save file holds trials these no longer do
         self._fmin_cancelled = False
         self._fmin_cancelled_reason = None
 
@@ -289,12 +292,15 @@ class ConnectTrials(Trials):
         trials are still empty), and save to it after every finished trial."""
         if self._dynamic_trials or not os.path.exists(path):
             return
-        saved = resume.load_trials(path)
+        saved, ends_cleanly = resume.load_journal(path)
         if not isinstance(saved, Trials):
             raise TypeError(
                 f"trials_save_file {path!r} does not hold hyperopt trials; remove it or pass another path"
             )
         resume.adopt(self, saved)
+        # The file holds every trial adopted: this fmin appends to it (unless its last record
+        # is partial, which a fresh snapshot replaces).
+        self._saved_to = path if ends_cleanly else None
         if self._resume_parent_run_id is None:
             self._resume_parent_run_id = getattr(saved, "_resume_parent_run_id", None)
             self._resume_fmin_uuid = getattr(saved, "_resume_fmin_uuid", None)

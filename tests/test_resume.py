@@ -4,12 +4,14 @@ the end-to-end resumes after a killed client are in test_ide.py)."""
 from __future__ import annotations
 
 import json
+import pickle
 from types import SimpleNamespace
 
 import numpy as np
 from hyperopt import Trials, base, fmin, hp, rand, tpe
 
 from connect_trials import resume
+from connect_trials.outputs import OutputBudget
 
 
 def finished_search(n: int) -> Trials:
@@ -64,3 +66,90 @@ def test_tpe_continues_from_rebuilt_trials():
          show_progressbar=False, rstate=np.random.default_rng(1))  # fmt: skip
     assert len(trials.trials) == 26
     assert sorted(t["tid"] for t in trials.trials)[-5:] == [21, 22, 23, 24, 25]
+
+
+# -- the save journal: one snapshot, then one appended record per finished trial -------------
+def journal_of(trials: Trials, path, n_snapshot: int) -> resume.SaveJournal:
+    """A journal whose snapshot holds the first ``n_snapshot`` trials and whose records hold
+    the rest, written as an fmin writes it (the snapshot at the first trial's end)."""
+    all_docs = list(trials._dynamic_trials)
+    trials._dynamic_trials = all_docs[:n_snapshot]
+    trials.refresh()
+    journal = resume.SaveJournal(str(path))
+    journal.trial_ended(trials, all_docs[n_snapshot - 1])
+    for doc in all_docs[n_snapshot:]:
+        trials._dynamic_trials.append(doc)
+        journal.trial_ended(trials, doc)
+    trials.refresh()
+    return journal
+
+
+def test_the_journal_appends_a_record_per_trial_and_leaves_the_snapshot_as_written(tmp_path):
+    trials, path = finished_search(6), tmp_path / "search.pkl"
+    journal = journal_of(trials, path, n_snapshot=2)
+    snapshot = pickle.dumps(pickle.loads(path.read_bytes()))  # what pickle.load of the file gives
+    assert len(pickle.loads(path.read_bytes())._dynamic_trials) == 2
+    size = path.stat().st_size
+    journal.trial_ended(trials, trials._dynamic_trials[-1])  # the same trial again: one more record
+    assert path.stat().st_size > size and pickle.dumps(pickle.loads(path.read_bytes())) == snapshot
+    loaded = resume.load_trials(str(path))
+    assert [t["tid"] for t in loaded._dynamic_trials] == [0, 1, 2, 3, 4, 5]  # the record replaced its tid
+    assert [t["misc"]["vals"] for t in loaded.trials] == [t["misc"]["vals"] for t in trials.trials]
+    assert journal.records == 6
+    journal.close(trials)  # compacted: one pickle, as hyperopt writes it
+    assert [t["tid"] for t in pickle.loads(path.read_bytes()).trials] == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_partial_last_record_is_ignored_and_the_trials_before_it_load(tmp_path, caplog):
+    trials, path = finished_search(5), tmp_path / "search.pkl"
+    journal_of(trials, path, n_snapshot=1)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-7])  # a crash in the middle of the last record
+    loaded, ends_cleanly = resume.load_journal(str(path))
+    assert [t["tid"] for t in loaded.trials] == [0, 1, 2, 3] and not ends_cleanly
+    assert "partial record" in caplog.text
+    damaged = bytearray(whole)
+    damaged[-3] ^= 0xFF  # a damaged payload fails its checksum
+    path.write_bytes(bytes(damaged))
+    assert [t["tid"] for t in resume.load_trials(str(path)).trials] == [0, 1, 2, 3]
+    path.write_bytes(whole)
+    assert resume.load_journal(str(path))[1]
+
+
+def test_a_single_pickle_file_as_hyperopt_writes_it_still_loads(tmp_path):
+    path = tmp_path / "hyperopt.pkl"
+    path.write_bytes(pickle.dumps(finished_search(3)))
+    loaded, ends_cleanly = resume.load_journal(str(path))
+    assert len(loaded.trials) == 3 and ends_cleanly
+
+
+def test_a_resumed_journal_is_appended_to_not_rewritten(tmp_path):
+    trials, path = finished_search(4), tmp_path / "search.pkl"
+    journal_of(trials, path, n_snapshot=1)
+    before = path.read_bytes()
+    extra = finished_search(5)._dynamic_trials[-1]
+    appended = resume.SaveJournal(str(path), append=True)
+    appended.trial_ended(trials, extra)
+    appended.close(trials, compact=False)
+    after = path.read_bytes()
+    assert after.startswith(before) and len(after) > len(before)
+    assert [t["tid"] for t in resume.load_trials(str(path)).trials] == [0, 1, 2, 3, 4]
+
+
+# -- the output budget ---------------------------------------------------------------------
+def test_outputs_beyond_the_budget_leave_memory_oldest_first_and_say_where_they_are(caplog):
+    trials = finished_search(6)
+    for doc in trials._dynamic_trials[:2]:
+        doc["misc"]["output"] = "x" * 40  # an earlier fmin's outputs count too
+    budget = OutputBudget(trials, kept_in="the trials_save_file s.pkl", limit=100)
+    for doc in trials._dynamic_trials[2:]:
+        doc["misc"]["output"] = "y" * 40
+        budget.hold(doc)
+    held = [t["tid"] for t in trials._dynamic_trials if "output" in t["misc"]]
+    assert held == [4, 5] and budget.moved == 4
+    assert trials._dynamic_trials[0]["misc"]["output_moved_to"] == "the trials_save_file s.pkl"
+    assert caplog.text.count("leave misc['output']") == 1
+    big = finished_search(7)._dynamic_trials[-1]
+    big["misc"]["output"] = "z" * 500  # one output over the budget stays: it is the newest
+    budget.hold(big)
+    assert big["misc"]["output"] and "output" not in trials._dynamic_trials[5]["misc"]

@@ -284,7 +284,7 @@ def test_every_trial_ends_once_through_the_same_way_out_whatever_ended_it():
     scheduler = TrialScheduler(
         trials=trials, domain=domain, algo=rand.suggest, rstate=np.random.default_rng(0), executor=executor,
         parallelism=2, limits=SearchLimits(max_evals=12, deadline=time.monotonic() + 1.0, max_queue_len=2),
-        tracker=tracker, progress=NullProgress(), after_trial=lambda: saves.append(len(saves)),
+        tracker=tracker, progress=NullProgress(), after_trial=lambda trial: saves.append(trial["tid"]),
     )  # fmt: skip
     executor.release(0)
     scheduler.run()

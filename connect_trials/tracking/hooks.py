@@ -22,6 +22,13 @@ class FminTracker:
         :meth:`fmin_started`."""
         return {}
 
+    @property
+    def keeps_output(self) -> bool:
+        """Whether each trial's output is kept outside the client (its child run's output.txt),
+        so that it may leave memory (``outputs.OutputBudget``). Valid after
+        :meth:`fmin_started`."""
+        return False
+
     def trial_started(self, trial: dict[str, Any], argument: Any) -> dict[str, str]:
         """Called in the trial's own thread before its job, with the argument the objective
         will receive. Returns the trial's own, non-secret environment variables: its child

@@ -82,6 +82,10 @@ class MlflowTracker(FminTracker):
     def worker_environ(self) -> dict[str, str]:
         return dict(self._worker_environ)
 
+    @property
+    def keeps_output(self) -> bool:
+        return self.child_runs is not None
+
     def trial_started(self, trial: dict[str, Any], argument: Any) -> dict[str, str]:
         if self.child_runs is None:
             return {}
