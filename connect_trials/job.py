@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from pyspark import cloudpickle
 
-from connect_trials import compat, local_code, worker
+from connect_trials import compat, local_code, worker, worker_boot
 from connect_trials.errors import one_line
 from connect_trials.session import (
     CONNECT,
@@ -43,8 +43,10 @@ from connect_trials.session import (
 logger = logging.getLogger(__name__)
 
 # The worker package is not installed on the cluster: ship its code (every module of it)
-# inside each job.
+# inside each job, pickled once per process (``worker_code``), with the small function that
+# unpacks it on the worker (``worker_boot``).
 cloudpickle.register_pickle_by_value(worker)
+cloudpickle.register_pickle_by_value(worker_boot)
 
 TAG_PREFIX = "connect-trials"
 
@@ -270,12 +272,19 @@ def build_trial_job(
 ) -> Any:
     """The DataFrame whose collection runs one trial, over :func:`trial_source`'s DataFrame."""
     mine = compat.client_versions()
-    task = worker.trial_task(
-        objective, request.argument_blob, request.environ, (mine.python, mine.pyspark), request.attempts_lost
-    )
+    versions = (mine.python, mine.pyspark)
+    args = (objective, request.argument_blob, request.environ, versions, request.attempts_lost)
+    task = worker_boot.booted_task(*worker_code(), args)
     if resource_profile is not None:
         return source.mapInPandas(task, result_struct(), profile=resource_profile)
     return source.mapInPandas(task, result_struct())
+
+
+@functools.lru_cache(maxsize=1)
+def worker_code() -> tuple[str, bytes]:
+    """``worker.trial_task`` pickled by value, once per process, and its content key."""
+    code = cloudpickle.dumps(worker.trial_task, protocol=pickle.HIGHEST_PROTOCOL)
+    return hashlib.sha256(code).hexdigest()[:32], code
 
 
 def decode_row(tid: int, row: Any) -> TrialOutcome:
