@@ -26,6 +26,7 @@ from connect_trials import arguments, cluster, job, resume
 from connect_trials.arguments import FALLBACK_PARALLELISM
 from connect_trials.fmin_run import FminRun
 from connect_trials.inline import DEBUG_ENV, debug_requested
+from connect_trials.outputs import OutputBudget
 from connect_trials.progress import progress_callback_for
 from connect_trials.session import session_kind
 from connect_trials.trial_end import argument_of
@@ -298,6 +299,7 @@ class ConnectTrials(Trials):
                 f"trials_save_file {path!r} does not hold hyperopt trials; remove it or pass another path"
             )
         resume.adopt(self, saved)
+        OutputBudget(self, kept_in=f"the trials_save_file {path}")  # beyond the budget: in the file only
         # The file holds every trial adopted: this fmin appends to it (unless its last record
         # is partial, which a fresh snapshot replaces).
         self._saved_to = path if ends_cleanly else None

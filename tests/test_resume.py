@@ -153,3 +153,28 @@ def test_outputs_beyond_the_budget_leave_memory_oldest_first_and_say_where_they_
     big["misc"]["output"] = "z" * 500  # one output over the budget stays: it is the newest
     budget.hold(big)
     assert big["misc"]["output"] and "output" not in trials._dynamic_trials[5]["misc"]
+
+
+def test_a_noisy_search_keeps_its_newest_outputs_in_memory_and_every_output_in_its_save_file(
+    tmp_path, monkeypatch
+):
+    from connect_trials import ConnectTrials, outputs
+
+    monkeypatch.setattr(outputs, "OUTPUT_BUDGET_BYTES", 3 * 1000)
+
+    def noisy(x):
+        print("o" * 999)  # a line of 1,000 characters with its newline
+        return x
+
+    path = tmp_path / "search.pkl"
+    trials = ConnectTrials(debug=True, mlflow_tracking=False)  # the same worker code, in this process
+    fmin(noisy, hp.uniform("x", 0, 1), rand.suggest, 8, trials=trials, show_progressbar=False,
+         trials_save_file=str(path))  # fmt: skip
+    in_memory = [t["tid"] for t in trials._dynamic_trials if t["misc"].get("output")]
+    assert in_memory == [5, 6, 7]  # the budget's worth, newest first out last
+    moved = trials._dynamic_trials[0]["misc"]["output_moved_to"]
+    assert str(path) in moved
+    # The save file was not compacted (its records hold what memory no longer does).
+    saved = resume.load_trials(str(path))
+    assert all(t["misc"]["output"] == "o" * 999 + "\n" for t in saved._dynamic_trials)
+    assert len(pickle.loads(path.read_bytes())._dynamic_trials) == 1  # the snapshot, then records
