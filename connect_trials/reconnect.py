@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -123,9 +122,7 @@ class SessionRecovery:
         if address is not None and probe_server(address).kind is not Probe.ACCEPTED:
             return
         self._watch.nudge()  # reattaches asleep in a back-off learn now what the server says
-        asked_at = time.monotonic()
         alive = session_alive(self._spark, _SESSION_CHECK_TIMEOUT_S)
-        logger.debug("the session lives: %s (asked in %.1f s)", alive, time.monotonic() - asked_at)
         if alive is None:
             return
         if alive:
@@ -136,7 +133,6 @@ class SessionRecovery:
         except Exception as exc:  # noqa: BLE001 - not back yet: the next attempt tries again
             logger.debug("could not open a new Spark Connect session yet: %s", one_line(exc))
             return
-        logger.debug("a new session is open")
         try:
             executor = self._make_executor(spark)
         except Exception as exc:  # noqa: BLE001
@@ -164,8 +160,3 @@ def _stop_quietly(spark: Any) -> None:
         spark.stop()
     except Exception:  # noqa: BLE001 - a session we gave up on
         pass
-
-
-def waited_text(since: float) -> str:
-    """How long an outage that began at ``since`` (time.monotonic()) has lasted, for a line."""
-    return f"{time.monotonic() - since:.1f} s"
