@@ -219,6 +219,16 @@ def test_a_dead_server_fails_fmin_in_tens_of_seconds_and_keeps_finished_trials(
     assert failed_after < SERVER_GONE_AFTER_S + 15, f"fmin took {failed_after:.0f} s to give up"
     states = [t["state"] for t in trials._dynamic_trials]
     assert states == [base.JOB_STATE_DONE, base.JOB_STATE_CANCEL]
+    # The in-flight trial did not fail: the cluster went away. Its child run says so.
+    import mlflow
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]  # a registry URI of its own: MLflow asks a dead session otherwise
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    [child] = client.search_runs(  # this fmin's trial 1: the latest of that tid in the test experiment
+        [os.environ["MLFLOW_EXPERIMENT_ID"]], filter_string="tags.trial_tid = '1'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )  # fmt: skip
+    assert child.info.status == "KILLED" and child.data.tags["trial_status"] == "cancelled"
 
 
 def test_a_server_restarted_on_its_port_with_its_token_costs_only_the_trials_in_flight(tmp_path):
