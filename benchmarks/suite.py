@@ -40,6 +40,7 @@ from connect_trials.session import bounded_retries
 
 # Trivial jobs timed one at a time for the floor latency.
 FLOOR_LATENCY_JOBS = 20
+SCALE_WARM_UP_TRIALS = 100
 CONNECT_SYSTEMS = (wl.FLOOR_RAW, wl.MLFLOW_OPTUNA, wl.CONNECT_TRIALS, wl.CONNECT_TRIALS_TRACKED)
 
 
@@ -294,10 +295,16 @@ def _environment(**values: str) -> Iterator[None]:
 
 def _warm_up_copy(workload: Workload) -> Workload:
     """A few trials of the same shape: pays a system's first-job and import costs untimed.
-    Wide ones keep their sleep, so every slot starts its Python worker."""
+    Wide ones keep their sleep, so every slot starts its Python worker. Scale ones run
+    ``SCALE_WARM_UP_TRIALS`` (at most their own count): a fresh server's JVM is still compiling
+    its hot paths over its first hundred jobs, which would slow the first pace window of
+    whichever system ran first."""
     return replace(
         workload,
-        n_trials=workload.parallelism,
+        n_trials=max(
+            workload.parallelism,
+            min(SCALE_WARM_UP_TRIALS, workload.n_trials) if workload.name == "scale" else 0,
+        ),
         repeats=1,
         sleep_s=workload.sleep_s if workload.name == "wide" else 0.0,
         payload_bytes=min(workload.payload_bytes, wl.PAYLOAD_SMALL_BYTES),
