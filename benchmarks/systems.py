@@ -12,6 +12,7 @@ of its own.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sys
@@ -490,6 +491,9 @@ def _start_ray(work_dir: Path, num_cpus: int) -> None:
         from ray.tune.search.hyperopt import HyperOptSearch  # noqa: F401
     except ImportError as exc:
         raise SystemUnavailableError(f"Ray Tune is not installed ({exc}); pip install 'ray[tune]'") from exc
+    # Stopped explicitly at the child's exit: once here, a Ray child that outlived its stop
+    # timeout left its dashboard and runtime-env agents running.
+    atexit.register(ray.shutdown)
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=False,
