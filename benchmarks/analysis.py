@@ -12,6 +12,15 @@ metrics are:
   first ``WINDOW`` after the ``WARM_UP`` first ones (start-up is in neither window). A
   window's overhead is its time per completed trial less the suggestion time inside it.
 
+- ``pace_ratio`` (scale): trials/s over the last ``PACE_FRACTION`` of a run's trials / over
+  the first ``PACE_FRACTION`` after ``PACE_WARM_UP`` warm-up ones (``pace_windows``);
+  ``pace_first_per_s`` and ``pace_last_per_s`` are the two paces.
+- ``cpu_per_trial_s``: CPU time (user + system) of the process that ran the search / trials.
+- ``save_growth`` (scale, connect-trials with a ``trials_save_file``): median time of one
+  save-file write over the last ``PACE_FRACTION`` of trials / over the first after the warm-up
+  (``save_windows``); ``save_per_trial_s`` is the mean of all of them, ``save_file_mb`` the
+  file's size at the end.
+
 ``paired_ratios`` pairs two systems' runs of one workload by seed (they ran in the same
 round, one beside the other) and gives the ratio of each pair.
 """
@@ -27,6 +36,9 @@ from benchmarks.workloads import Workload
 
 WINDOW = 50
 WARM_UP = 10  # completions left out of the first window: the first jobs, the first suggestions
+# Pace windows (scale): the first and last 10% of a run's trials, after 50 warm-up ones.
+PACE_FRACTION = 0.10
+PACE_WARM_UP = 50
 # Spark Connect RPCs that upload session artifacts (shown apart, counted in bytes_per_trial).
 ARTIFACT_METHODS = ("AddArtifacts", "ArtifactStatus")
 
@@ -110,10 +122,25 @@ def _cell(system: str, workload: Workload, runs: list[RunResult]) -> Cell:
         per_run["efficiency"] = [
             workload.for_system(r.system).ideal_wall_s / r.wall_s for r in runs if r.wall_s > 0
         ]
+    per_run["cpu_per_trial_s"] = [r.cpu_s / r.n_trials for r in runs if r.cpu_s is not None and r.n_trials]
     if workload.name == "scale":
         per_run["scale_growth"] = [g for r in runs if (g := scale_growth(r)) is not None]
+        paces = [pace_windows(r.completed_at_s) for r in runs]
+        per_run["pace_ratio"] = [p["ratio"] for p in paces if p]
+        per_run["pace_first_per_s"] = [p["first_per_s"] for p in paces if p]
+        per_run["pace_last_per_s"] = [p["last_per_s"] for p in paces if p]
+        saves = [r.extras["save"] for r in runs if r.extras.get("save", {}).get("probe")]
+        save_windows_ = [w for s in saves if (w := save_windows(s["per_trial_s"]))]
+        per_run["save_growth"] = [w["ratio"] for w in save_windows_]
+        per_run["save_per_trial_s"] = [statistics.fmean(s["per_trial_s"]) for s in saves if s["per_trial_s"]]
+        per_run["save_file_mb"] = [s["file_bytes"] / 2**20 for s in saves if s.get("file_bytes") is not None]
         run = cell.median_run()
         cell.windows = {"first": window(run, first=True), "last": window(run, first=False)}
+        if pace := pace_windows(run.completed_at_s):
+            cell.windows["pace"] = pace
+        save = run.extras.get("save")
+        if save and save.get("probe") and (w := save_windows(save["per_trial_s"])):
+            cell.windows["save"] = w
     cell.stats = {k: s for k, v in per_run.items() if (s := Stat.of(v)) is not None}
     return cell
 
@@ -175,3 +202,52 @@ def window(run: RunResult, first: bool, size: int = WINDOW, warm_up: int = WARM_
         "overhead_per_trial_s": per_trial - suggest / size,
         "median_latency_s": statistics.median(latencies) if latencies else float("nan"),
     }
+
+
+def _pace_sizes(n: int, fraction: float, warm_up: int) -> tuple[int, int]:
+    """(window size, warm-up) for ``n`` trials: ``fraction`` of them after ``warm_up``, both
+    shrunk for a short run so that the two windows never overlap; size 0: too few."""
+    warm_up = min(warm_up, n // 10)
+    size = min(round(n * fraction), (n - 1 - warm_up) // 2)
+    return max(size, 0), warm_up
+
+
+def pace_windows(
+    completed_at_s: list[float], fraction: float = PACE_FRACTION, warm_up: int = PACE_WARM_UP
+) -> dict[str, float]:
+    """Trials completed per second over the first ``fraction`` of the trials after the
+    ``warm_up`` first ones, and over the last ``fraction``; ``ratio`` is last / first (1: a
+    flat pace; below 1: the run slows down as trials pile up). Empty when the run is too short
+    or a window took no time."""
+    done = sorted(completed_at_s)
+    size, warm_up = _pace_sizes(len(done), fraction, warm_up)
+    if size < 1:
+        return {}
+    first_span = done[warm_up + size] - done[warm_up]
+    last_span = done[-1] - done[-size - 1]
+    if first_span <= 0 or last_span <= 0:
+        return {}
+    first, last = size / first_span, size / last_span
+    return {
+        "trials": size,
+        "warm_up": warm_up,
+        "first_per_s": first,
+        "last_per_s": last,
+        "ratio": last / first,
+    }
+
+
+def save_windows(
+    durations_s: list[float], fraction: float = PACE_FRACTION, warm_up: int = PACE_WARM_UP
+) -> dict[str, float]:
+    """The median time of one save-file write over the first ``fraction`` of the writes after
+    the ``warm_up`` first ones (the first write is a whole snapshot), and over the last
+    ``fraction``; ``ratio`` is last / first (1: the write does not grow with the trials)."""
+    size, warm_up = _pace_sizes(len(durations_s), fraction, warm_up)
+    if size < 1:
+        return {}
+    first = statistics.median(durations_s[warm_up : warm_up + size])
+    last = statistics.median(durations_s[-size:])
+    if first <= 0:
+        return {}
+    return {"writes": size, "warm_up": warm_up, "first_s": first, "last_s": last, "ratio": last / first}

@@ -28,7 +28,7 @@ from benchmarks.workloads import Workload
 
 _READY_TIMEOUT_S = 300.0
 _RUN_TIMEOUT_S = 1800.0
-_STOP_TIMEOUT_S = 30.0
+_STOP_TIMEOUT_S = 60.0  # a Ray instance of 32 CPUs on 2 cores takes a while to stop
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -2,9 +2,10 @@
 
 Every probe is on the client: wall time, completion times of trials, the search algorithm's
 own suggestion time (the algorithm is wrapped), the client's peak resident memory (sampled),
-and the bytes the client puts on the wire to Spark Connect (a gRPC interceptor that sums the
-serialized size of every request message, so loopback noise from other processes does not
-count).
+the CPU time of the process that runs the search (user + system, all its threads), the bytes
+the client puts on the wire to Spark Connect (a gRPC interceptor that sums the serialized
+size of every request message, so loopback noise from other processes does not count), and
+the time connect-trials spends writing its ``trials_save_file`` (``SaveProbe``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class RunResult:
     suggest_spans_s: list[tuple[float, float]] = field(default_factory=list)
     peak_rss_mb: float | None = None
     start_rss_mb: float | None = None
+    cpu_s: float | None = None  # CPU time (user + system) of the process that ran the search
     bytes_sent: int | None = None
     bytes_by_method: dict[str, int] = field(default_factory=dict)
     bytes_note: str = ""
@@ -247,6 +249,8 @@ class Probe:
         self._bytes_before: Counter[str] = Counter()
         self.t0 = 0.0
         self.wall_s = 0.0
+        self._cpu0 = 0.0
+        self.cpu_s = 0.0
         self.bytes_by_method: dict[str, int] | None = None
         self.wire_bytes: int | None = None
 
@@ -257,10 +261,12 @@ class Probe:
             self._wire_before = self._wire.sent
         self._memory.__enter__()
         self.t0 = time.time()
+        self._cpu0 = time.process_time()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall_s = time.time() - self.t0
+        self.cpu_s = time.process_time() - self._cpu0
         self._memory.__exit__(*exc)
         if self._request_bytes is not None:
             after = self._request_bytes.snapshot()
@@ -271,6 +277,7 @@ class Probe:
 
     def fill(self, result: RunResult) -> RunResult:
         result.wall_s = self.wall_s
+        result.cpu_s = self.cpu_s
         result.peak_rss_mb = round(self._memory.peak_mb, 1)
         result.start_rss_mb = round(self._memory.start_mb, 1)
         if self.bytes_by_method is not None:
@@ -280,6 +287,67 @@ class Probe:
             result.bytes_sent = self.wire_bytes
             result.bytes_note = "every byte the session sent (TCP relay)"
         return result
+
+
+# What connect-trials calls once per finished trial to write its trials_save_file, newest
+# first: ``SaveJournal.trial_ended`` (an append-only journal) or ``save_trials`` (a whole
+# pickle each time, as hyperopt does). The first one found is timed; none found: "not measured".
+SAVE_PER_TRIAL = (("SaveJournal", "trial_ended"), (None, "save_trials"))
+# What it calls once at fmin's end (compacting the journal), timed apart when present.
+SAVE_AT_END = (("SaveJournal", "close"),)
+
+
+class SaveProbe:
+    """Times every call connect-trials makes to write its ``trials_save_file``, by wrapping
+    the ``connect_trials.resume`` function its after-trial hook calls (``SAVE_PER_TRIAL``)
+    while the block runs, and the end-of-fmin compaction apart (``SAVE_AT_END``).
+
+    with SaveProbe() as saves:
+        ...fmin...
+    saves.per_trial_s  # one duration per call, in call order
+    saves.name         # what was wrapped, or None: not measured
+    """
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.at_end_name: str | None = None
+        self.per_trial_s: list[float] = []
+        self.at_end_s: list[float] = []
+        self._restore: list[Callable[[], None]] = []
+
+    def __enter__(self) -> SaveProbe:
+        try:
+            from connect_trials import resume
+        except ImportError:
+            return self
+        self.name = self._wrap(resume, SAVE_PER_TRIAL, self.per_trial_s)
+        if self.name is not None and self.name.startswith("SaveJournal."):
+            self.at_end_name = self._wrap(resume, SAVE_AT_END, self.at_end_s)
+        return self
+
+    def _wrap(self, module: Any, candidates: Any, into: list[float]) -> str | None:
+        for owner_name, attr in candidates:
+            owner = getattr(module, owner_name, None) if owner_name else module
+            original = getattr(owner, attr, None) if owner is not None else None
+            if not callable(original):
+                continue
+
+            @functools.wraps(original)
+            def timed(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                start = time.perf_counter()
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    into.append(time.perf_counter() - start)
+
+            setattr(owner, attr, timed)
+            self._restore.append(functools.partial(setattr, owner, attr, original))
+            return f"{owner_name}.{attr}" if owner_name else attr
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        while self._restore:
+            self._restore.pop()()
 
 
 def utc_seconds(moment: datetime.datetime) -> float:

@@ -20,6 +20,7 @@ from typing import Any
 
 from benchmarks import workloads as wl
 from benchmarks.analysis import Cell, Stat, summarize
+from benchmarks.measure import RunResult
 from benchmarks.suite import SuiteResult
 from benchmarks.targets import TargetCheck, evaluate
 
@@ -33,12 +34,16 @@ _LEGEND = {
     "its classic session, which cannot be fresh without a new JVM)",
     "model": "wall time; best loss (1 - CV accuracy), medians over seeds",
     "scale": "wall time; client peak RSS; last-50 / first-50 per-trial overhead after 10 warm-up trials "
-    "(suggestion excluded), median over repeats",
+    "(suggestion excluded), median over repeats; where trials use rand.suggest: pace of the last 10% of "
+    "trials / the first 10% after 50 warm-up ones, and client CPU time per trial",
+    "tracking": "wall time per trial (trials sleep 1 s); ideal / actual wall time",
     "payload": "wall time per trial (median time of one trial, submitted to result back); every byte "
     "the client sent per trial, artifacts included",
 }
 # The first table: the workloads the issue's speed targets are about.
-_SPEED = ("wide", "overhead", "first-trial")
+_SPEED = ("wide", "overhead", "tracking", "first-trial")
+# Systems that are not searchers of their own: no "ahead / behind" line for them.
+_NOT_PEERS = (wl.FLOOR_RAW, wl.IN_PROCESS, wl.CONNECT_TRIALS, wl.CONNECT_TRIALS_TRACKED)
 README_BEGIN = "<!-- bench:begin -->"
 README_END = "<!-- bench:end -->"
 
@@ -60,6 +65,7 @@ def markdown(suite: SuiteResult, cells: dict[tuple[str, str], Cell], checks: lis
     ]
     if servers:
         lines += ["Servers: " + "; ".join(f"{k}: {v}" for k, v in servers.items()) + ".", ""]
+    lines += _merged_lines(suite)
     lines += tables(suite, cells)
     if suite.floor_latency_s:
         floor = Stat.of(suite.floor_latency_s)
@@ -68,7 +74,9 @@ def markdown(suite: SuiteResult, cells: dict[tuple[str, str], Cell], checks: lis
             f"One trivial single-task `spark.range(0, 1, 1, 1).mapInPandas(...)` job alone on the main "
             f"server takes {_range(floor, 's', 3)} (median of {floor.n}; shown, judges nothing)."
         )
-    lines += _scale_details(cells) + _payload_details(suite, cells) + _phase_details(suite, cells)
+    lines += _peer_lines(suite, cells)
+    lines += _scale_details(cells) + _scale_pace_details(cells)
+    lines += _payload_details(suite, cells) + _phase_details(suite, cells)
     lines += _targets(checks) + _notes(suite)
     return "\n".join(lines) + "\n"
 
@@ -102,8 +110,11 @@ def readme_section(suite: SuiteResult, cells: dict[tuple[str, str], Cell], check
         f"({suite.meta.get('cpus')} cores, {suite.meta.get('duration_s', 0) / 60:.0f} min). "
         "Generated from `benchmarks/results/latest.json`; do not edit by hand.",
         "",
+        *_merged_lines(suite),
         *tables(suite, cells),
         "![trials completed versus wall-clock time](benchmarks/results/trials_vs_time.png)",
+        *_peer_lines(suite, cells),
+        *_scale_pace_details(cells),
         *_targets(checks),
         *_notes(suite),
     ]
@@ -159,6 +170,10 @@ def _cell_value(cell: Cell) -> str:
         return _range(stat("per_trial_s"), "s/trial", 3)  # type: ignore[arg-type]
     if name == "wide":
         return _range(stat("efficiency"), "", 2)  # type: ignore[arg-type]
+    if name == "tracking":
+        efficiency = stat("efficiency")
+        text = _range(stat("per_trial_s"), "s/trial", 3)  # type: ignore[arg-type]
+        return text + (f"; {efficiency.median:.2f} of ideal" if efficiency else "")
     if name == "first-trial":
         first = stat("first_trial_s")
         return _range(first, "s", 2) if first else "–"
@@ -177,6 +192,11 @@ def _cell_value(cell: Cell) -> str:
             text += f"; x{growth.median:.2f}"
         elif window:
             text += "; overhead ~0"
+        pace, cpu = stat("pace_ratio"), stat("cpu_per_trial_s")
+        if cell.workload.algo == "rand" and pace:
+            text += f"; pace x{pace.median:.2f}"
+        if cell.workload.algo == "rand" and cpu:
+            text += f"; {cpu.median * 1e3:.1f} ms CPU/trial"
         return text
     if name == "payload":
         per_trial, latency = stat("per_trial_s"), stat("trial_latency_s")
@@ -217,6 +237,115 @@ def _scale_details(cells: dict[tuple[str, str], Cell]) -> list[str]:
             f"| {_window_text(first)} | {_window_text(last)} |"
         )
     return lines
+
+
+def _scale_pace_details(cells: dict[tuple[str, str], Cell]) -> list[str]:
+    """The issue's done-when numbers for the scale workloads run with rand.suggest."""
+    rows = [c for c in cells.values() if c.workload.name == "scale" and c.workload.algo == "rand"]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "### scale: pace, client CPU and the save file (median run; rand.suggest, no-op trials, p4)",
+        "",
+        "| workload | system | trials | wall | pace, first 10% after 50 warm-up -> last 10% (trials/s) "
+        "| client CPU per trial | peak RSS (growth) | save file at the end | one save write, first 10% -> "
+        "last 10% (median) | save writes per trial (mean) | compaction at fmin's end |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in rows:
+        run = cell.median_run()
+        pace = cell.windows.get("pace")
+        pace_text = (
+            f"{pace['first_per_s']:.1f} -> {pace['last_per_s']:.1f} (x{pace['ratio']:.2f})" if pace else "–"
+        )
+        cpu = f"{run.cpu_s / run.n_trials * 1e3:.2f} ms" if run.cpu_s is not None and run.n_trials else "–"
+        rss = "–"
+        if run.peak_rss_mb is not None:
+            rss = f"{run.peak_rss_mb:.0f} MB (+{run.peak_rss_mb - (run.start_rss_mb or run.peak_rss_mb):.0f})"
+        save_texts = _save_texts(run.extras.get("save"), cell.windows.get("save"))
+        lines.append(
+            f"| {cell.workload.key} | {cell.system} | {run.n_trials} | {run.wall_s:.1f} s | {pace_text} "
+            f"| {cpu} | {rss} | " + " | ".join(save_texts) + " |"
+        )
+    probes = sorted(
+        {
+            f"`{s['probe']}`" + (f" (compaction: `{s['at_end']}`)" if s.get("at_end") else "")
+            for c in rows
+            for r in c.runs
+            if (s := r.extras.get("save")) and s.get("probe")
+        }
+    )
+    if probes:
+        lines += ["", "Save writes timed by wrapping " + ", ".join(probes) + " while fmin ran."]
+    lines += [
+        "Client CPU: user + system time of the process that ran fmin (all its threads), over the run; "
+        "hyperopt serial runs without a trials_save_file."
+    ]
+    return lines
+
+
+def _save_texts(save: dict[str, Any] | None, window: dict[str, float] | None) -> list[str]:
+    """The save-file columns of a scale row: size at the end, one write first -> last, the mean
+    write, the compaction at fmin's end."""
+    texts = ["–"] * 4
+    if save is None:
+        return texts
+    if save.get("file_bytes") is not None:
+        texts[0] = _bytes(save["file_bytes"])
+    if not save.get("probe"):
+        texts[1] = texts[2] = "not measured (no save function found to time)"
+        return texts
+    if window:
+        texts[1] = (
+            f"{window['first_s'] * 1e3:.3f} -> {window['last_s'] * 1e3:.3f} ms (x{window['ratio']:.2f})"
+        )
+    if save["per_trial_s"]:
+        writes = save["per_trial_s"]
+        texts[2] = f"{statistics.fmean(writes) * 1e3:.3f} ms ({len(writes)} writes)"
+    if save.get("at_end_s") is not None:
+        texts[3] = f"{save['at_end_s'] * 1e3:.0f} ms"
+    return texts
+
+
+def _peer_lines(suite: SuiteResult, cells: dict[tuple[str, str], Cell]) -> list[str]:
+    """Each peer beside connect-trials, on every workload both ran: who is ahead, by how much."""
+    lines = []
+    for workload in suite.plan:
+        mine = cells.get((wl.CONNECT_TRIALS, workload.key))
+        if mine is None:
+            continue
+        metric, unit, higher = _peer_metric(workload)
+        ours = mine.stat(metric)
+        for system in workload.systems:
+            peer = cells.get((system, workload.key))
+            theirs = peer.stat(metric) if peer else None
+            if system in _NOT_PEERS or ours is None or theirs is None or not ours.median or not theirs.median:
+                continue
+            ahead = (theirs.median > ours.median) == higher
+            ratio = theirs.median / ours.median if higher == ahead else ours.median / theirs.median
+            who = f"**{system} ahead**" if ahead else "connect-trials ahead"
+            values = f"{theirs.median:.3f}{unit} | {ours.median:.3f}{unit}"
+            lines.append(f"| {workload.key} | {system} | {metric} | {values} | {who} ({ratio:.2f}x) |")
+    if not lines:
+        return []
+    return [
+        "",
+        "### peers beside connect-trials (medians; the same workload, run beside each other)",
+        "",
+        "| workload | peer | metric | peer | connect-trials | verdict |",
+        "|---|---|---|---|---|---|",
+        *lines,
+    ]
+
+
+def _peer_metric(workload: wl.Workload) -> tuple[str, str, bool]:
+    """(metric, unit, higher is better) a peer is compared on for ``workload``."""
+    if workload.name == "wide":
+        return "efficiency", "", True
+    if workload.name == "first-trial":
+        return "first_trial_s", " s", False
+    return "per_trial_s", " s/trial", False
 
 
 def _window_text(w: dict[str, float]) -> str:
@@ -278,13 +407,7 @@ def _targets(checks: list[TargetCheck]) -> list[str]:
 
 
 def _notes(suite: SuiteResult) -> list[str]:
-    notes = [
-        f"† {w.key}: {', '.join(s for s in w.once if s in w.systems)} ran once"
-        + (f", {w.once_trials} trials" if w.once_trials else "")
-        + f", the others {w.repeats} times: {w.once_why or 'for time'}"
-        for w in suite.plan
-        if (w.repeats > 1 or w.once_trials) and any(s in w.systems for s in w.once)
-    ]
+    notes = [_once_note(w) for w in suite.plan if (w.repeats > 1 or w.once_trials) and _once_in(w)]
     notes += [f"{w.key}: left out: {w.left_out}" for w in suite.plan if w.left_out]
     notes += [f"‡ {n}" if "budget" in n else n for n in suite.notes]
     notes += [f"{system} did not run: {why}" for system, why in suite.unavailable.items()]
@@ -294,6 +417,98 @@ def _notes(suite: SuiteResult) -> list[str]:
     if not notes:
         return []
     return ["", "### notes", ""] + [f"- {n}" for n in notes]
+
+
+def _once_in(workload: wl.Workload) -> list[str]:
+    return [s for s in workload.once if s in workload.systems]
+
+
+def _once_note(workload: wl.Workload) -> str:
+    """† which systems ran once (and which of them on fewer trials), and why."""
+    once = _once_in(workload)
+    fewer = [s for s in once if workload.for_system(s).n_trials < workload.n_trials]
+    text = f"† {workload.key}: {', '.join(once)} ran once"
+    if fewer:
+        text += f" ({', '.join(fewer)}: {workload.once_trials} trials of {workload.n_trials})"
+    if workload.repeats > 1:
+        text += f", the others {workload.repeats} times"
+    return text + f": {workload.once_why or 'for time'}"
+
+
+def _merged_lines(suite: SuiteResult) -> list[str]:
+    """Which columns come from another run (``make bench-scale``), merged into these results."""
+    merged = suite.meta.get("merged") or {}
+    if not merged:
+        return []
+    lines = [
+        f"Merged from another run: **{key}** from `{m.get('command', 'make bench-scale')}` at engine "
+        f"{m.get('engine', '?')} ({str(m.get('started', ''))[:16]}, {m.get('duration_s', 0) / 60:.0f} min)"
+        for key, m in merged.items()
+    ]
+    return ["; ".join(lines) + ".", ""]
+
+
+# -- merging runs ------------------------------------------------------------------------------
+def suite_from_json(data: dict[str, Any]) -> SuiteResult:
+    """The suite a ``latest.json`` was written from (its cells and targets are rebuilt from its runs)."""
+    return SuiteResult(
+        plan=[wl.Workload.from_json(w) for w in data.get("workloads", [])],
+        runs=[RunResult.from_json(r) for r in data.get("runs", [])],
+        floor_latency_s=list((data.get("floor_job_latency_s") or {}).get("samples") or []),
+        unavailable=dict(data.get("unavailable") or {}),
+        failures=list(data.get("failures") or []),
+        notes=list(data.get("notes") or []),
+        meta=dict(data.get("meta") or {}),
+    )
+
+
+def merge(base: SuiteResult, extra: SuiteResult, sources: dict[str, dict[str, Any]]) -> SuiteResult:
+    """``base`` with the workloads of ``extra`` (their runs, notes, failures) in place of its
+    own of the same keys, or added after them; ``sources`` says, per merged workload key,
+    which run it came from (shown in the report). Everything else is ``base``'s."""
+    keys = {w.key for w in extra.plan}
+
+    def about(text: str) -> bool:
+        return any(text.startswith(f"{k}:") or text.startswith(f"{k} ") for k in keys)
+
+    meta = dict(base.meta)
+    meta["merged"] = {
+        **{k: v for k, v in (base.meta.get("merged") or {}).items() if k not in keys},
+        **{k: sources[k] for k in sorted(keys) if k in sources},
+    }
+    return SuiteResult(
+        plan=[w for w in base.plan if w.key not in keys] + list(extra.plan),
+        runs=[r for r in base.runs if r.workload not in keys] + list(extra.runs),
+        floor_latency_s=list(base.floor_latency_s),
+        unavailable={**base.unavailable, **extra.unavailable},
+        unavailable_on={**base.unavailable_on, **extra.unavailable_on},
+        failures=[f for f in base.failures if f.get("workload") not in keys] + list(extra.failures),
+        notes=[n for n in base.notes if not about(n)] + list(extra.notes),
+        cut={**{k: v for k, v in base.cut.items() if k not in keys}, **extra.cut},
+        meta=meta,
+    )
+
+
+def subset(suite: SuiteResult, keys: set[str]) -> SuiteResult:
+    """Only the workloads ``keys`` of ``suite``: their plan, runs, failures and notes."""
+    return SuiteResult(
+        plan=[w for w in suite.plan if w.key in keys],
+        runs=[r for r in suite.runs if r.workload in keys],
+        failures=[f for f in suite.failures if f.get("workload") in keys],
+        notes=[n for n in suite.notes if any(n.startswith(f"{k}:") for k in keys)],
+    )
+
+
+def source_of(suite: SuiteResult, command: str) -> dict[str, Any]:
+    """What ``merge`` records about the run ``suite`` came from."""
+    meta = suite.meta
+    return {
+        "command": command,
+        "engine": meta.get("engine"),
+        "started": meta.get("started"),
+        "duration_s": meta.get("duration_s"),
+        "mode": meta.get("mode"),
+    }
 
 
 # -- JSON ----------------------------------------------------------------------------------------

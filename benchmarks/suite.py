@@ -28,6 +28,7 @@ from benchmarks import workloads as wl
 from benchmarks.measure import RequestBytes, RunResult, WireBytes
 from benchmarks.systems import (
     DRIVER_MEMORY,
+    ISOLATED,
     RUNNERS,
     BenchEnv,
     SystemUnavailableError,
@@ -39,6 +40,7 @@ from connect_trials.session import bounded_retries
 
 # Trivial jobs timed one at a time for the floor latency.
 FLOOR_LATENCY_JOBS = 20
+SCALE_WARM_UP_TRIALS = 100
 CONNECT_SYSTEMS = (wl.FLOOR_RAW, wl.MLFLOW_OPTUNA, wl.CONNECT_TRIALS, wl.CONNECT_TRIALS_TRACKED)
 
 
@@ -211,7 +213,9 @@ def _run_repeat(
         ):
             continue
         began = time.time()
-        warm_key = (system, workload.server, workload.name == "model")
+        # A system in a child process has one child (a JVM, a Ray instance) per master: each warms.
+        runs_on = classic_master(workload) if system in ISOLATED else workload.server
+        warm_key = (system, runs_on, workload.name == "model")
         if warm_key not in warmed:
             try:
                 RUNNERS[system](_warm_up_copy(workload), seed, env)
@@ -291,10 +295,16 @@ def _environment(**values: str) -> Iterator[None]:
 
 def _warm_up_copy(workload: Workload) -> Workload:
     """A few trials of the same shape: pays a system's first-job and import costs untimed.
-    Wide ones keep their sleep, so every slot starts its Python worker."""
+    Wide ones keep their sleep, so every slot starts its Python worker. Scale ones run
+    ``SCALE_WARM_UP_TRIALS`` (at most their own count): a fresh server's JVM is still compiling
+    its hot paths over its first hundred jobs, which would slow the first pace window of
+    whichever system ran first."""
     return replace(
         workload,
-        n_trials=workload.parallelism,
+        n_trials=max(
+            workload.parallelism,
+            min(SCALE_WARM_UP_TRIALS, workload.n_trials) if workload.name == "scale" else 0,
+        ),
         repeats=1,
         sleep_s=workload.sleep_s if workload.name == "wide" else 0.0,
         payload_bytes=min(workload.payload_bytes, wl.PAYLOAD_SMALL_BYTES),

@@ -12,6 +12,7 @@ of its own.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sys
@@ -28,7 +29,15 @@ import numpy as np
 
 from benchmarks import objectives
 from benchmarks import workloads as wl
-from benchmarks.measure import Probe, RequestBytes, RunResult, SuggestTimer, WireBytes, fill_from_hyperopt
+from benchmarks.measure import (
+    Probe,
+    RequestBytes,
+    RunResult,
+    SaveProbe,
+    SuggestTimer,
+    WireBytes,
+    fill_from_hyperopt,
+)
 from benchmarks.workloads import Workload
 
 # Driver memory of every Spark the suite starts (the Connect server and SparkTrials' classic
@@ -186,11 +195,13 @@ def sequential_job_latency(spark: Any, n_jobs: int) -> list[float]:
 
 
 def run_in_process(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
-    """Plain ``hyperopt.Trials``: every trial in this process, one after another."""
-    from hyperopt import Trials, tpe
+    """Plain ``hyperopt.Trials``: every trial in this process, one after another (no
+    ``trials_save_file``: hyperopt's own pickles every trial after each one). On the scale
+    workload, hyperopt's own bookkeeping cost per trial: the anchor of the CPU target."""
+    from hyperopt import Trials
 
     objective = workload.objective()
-    timer = SuggestTimer(tpe.suggest)
+    timer = SuggestTimer(workload.suggest())
     trials = Trials()
     result = RunResult(
         wl.IN_PROCESS, workload.key, seed, 0.0, bytes_sent=0, bytes_note="nothing leaves the process"
@@ -202,8 +213,11 @@ def run_in_process(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
     return fill_from_hyperopt(result, trials, probe.t0)
 
 
-def _hyperopt_fmin(workload: Workload, seed: int, objective: Any, timer: SuggestTimer, trials: Any) -> None:
-    """hyperopt's fmin as every hyperopt-based system runs a workload: TPE (timed), seeded."""
+def _hyperopt_fmin(
+    workload: Workload, seed: int, objective: Any, timer: SuggestTimer, trials: Any, save_file: str = ""
+) -> None:
+    """hyperopt's fmin as every hyperopt-based system runs a workload: the workload's
+    algorithm (TPE unless it says otherwise; timed), seeded."""
     from hyperopt import fmin
 
     fmin(
@@ -214,6 +228,7 @@ def _hyperopt_fmin(workload: Workload, seed: int, objective: Any, timer: Suggest
         trials=trials,
         rstate=np.random.default_rng(seed),
         show_progressbar=False,
+        trials_save_file=save_file,
     )
 
 
@@ -227,28 +242,44 @@ def run_connect_trials_tracked(workload: Workload, seed: int, env: BenchEnv) -> 
 
 
 def _connect_trials(workload: Workload, seed: int, env: BenchEnv, tracking: bool) -> RunResult:
-    from hyperopt import tpe
-
     from connect_trials import ConnectTrials
 
     system = wl.CONNECT_TRIALS_TRACKED if tracking else wl.CONNECT_TRIALS
     objective = workload.objective()
-    timer = SuggestTimer(tpe.suggest)
+    timer = SuggestTimer(workload.suggest())
     result = RunResult(system, workload.key, seed, 0.0, bytes_note="gRPC request bytes")
+    save_file = env.work_dir / f"trials-{system}-{workload.name}-{seed}-{uuid.uuid4().hex[:8]}.pkl"
     with contextlib.ExitStack() as stack:
         spark, wire = stack.enter_context(env.session(system, workload))
         if tracking:
             stack.enter_context(_tracking_server(env))
+        saves = stack.enter_context(SaveProbe()) if workload.save_file else None
         with Probe(env.request_bytes, wire) as probe:
             trials = ConnectTrials(
                 parallelism=workload.parallelism, spark_session=spark, mlflow_tracking=tracking
             )
-            _hyperopt_fmin(workload, seed, objective, timer, trials)
+            _hyperopt_fmin(workload, seed, objective, timer, trials, str(save_file) if saves else "")
     probe.fill(result)
+    if saves is not None:
+        result.extras["save"] = _save_record(saves, save_file)
     if tracking:
         result.extras["tracking_store"] = "mlflow server (HTTP)" if env.mlflow_server_uri else "sqlite"
     result.suggest_spans_s = timer.spans_from(probe.t0)
     return fill_from_hyperopt(result, trials, probe.t0)
+
+
+def _save_record(saves: SaveProbe, path: Path) -> dict[str, Any]:
+    """What writing the ``trials_save_file`` cost: every timed call, the end-of-fmin
+    compaction, and the file's size at the end (the file is then removed)."""
+    size = path.stat().st_size if path.exists() else None
+    path.unlink(missing_ok=True)
+    return {
+        "probe": f"connect_trials.resume.{saves.name}" if saves.name else None,
+        "per_trial_s": saves.per_trial_s,
+        "at_end": f"connect_trials.resume.{saves.at_end_name}" if saves.at_end_name else None,
+        "at_end_s": sum(saves.at_end_s) if saves.at_end_s else None,
+        "file_bytes": size,
+    }
 
 
 @contextlib.contextmanager
@@ -413,11 +444,11 @@ class _CommandBytes:
 
 def run_spark_trials_here(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
     """hyperopt 0.3.0 ``SparkTrials`` on ``env.spark``, a classic session in this process."""
-    from hyperopt import SparkTrials, tpe
+    from hyperopt import SparkTrials
 
     command_bytes = env.command_bytes
     objective = workload.objective()
-    timer = SuggestTimer(tpe.suggest)
+    timer = SuggestTimer(workload.suggest())
     result = RunResult(
         wl.SPARK_TRIALS, workload.key, seed, 0.0, bytes_note="pickled task commands (classic Spark: no gRPC)"
     )
@@ -431,18 +462,28 @@ def run_spark_trials_here(workload: Workload, seed: int, env: BenchEnv) -> RunRe
     return fill_from_hyperopt(result, trials, probe.t0)
 
 
-# -- Ray Tune (optional; in a child process) -------------------------------------------------
+# -- Ray Tune (in a child process) -------------------------------------------------------------
 def run_ray_tune(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
-    return env.child(wl.RAY_TUNE).run(workload, seed)
+    """One child per Ray instance: local[2] for the main server's workloads, local[p] for a
+    wide one (``ray_env`` gives the instance p logical CPUs)."""
+    return env.child(wl.RAY_TUNE, classic_master(workload)).run(workload, seed)
 
 
 def ray_env(work_dir: Path, master: str) -> BenchEnv:
-    _start_ray(work_dir)
+    _start_ray(work_dir, ray_cpus(master))
     return BenchEnv(work_dir)
 
 
-def _start_ray(work_dir: Path) -> None:
-    """A local Ray instance on loopback with two CPUs, no dashboard, no usage reporting."""
+def ray_cpus(master: str) -> int:
+    """Ray's logical CPUs for the child of ``master`` (``local[p]``): p, so that p trials can
+    run at once. Like Spark's logical cores, they are slots: sleeping trials need no real core."""
+    digits = "".join(c for c in master if c.isdigit())
+    return int(digits) if digits else 2
+
+
+def _start_ray(work_dir: Path, num_cpus: int) -> None:
+    """A local Ray instance on loopback with ``num_cpus`` logical CPUs, no dashboard, no usage
+    reporting."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     try:
         import ray
@@ -450,8 +491,11 @@ def _start_ray(work_dir: Path) -> None:
         from ray.tune.search.hyperopt import HyperOptSearch  # noqa: F401
     except ImportError as exc:
         raise SystemUnavailableError(f"Ray Tune is not installed ({exc}); pip install 'ray[tune]'") from exc
+    # Stopped explicitly at the child's exit: once here, a Ray child that outlived its stop
+    # timeout left its dashboard and runtime-env agents running.
+    atexit.register(ray.shutdown)
     ray.init(
-        num_cpus=2,
+        num_cpus=num_cpus,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         _temp_dir=str(work_dir / "ray"),
@@ -461,17 +505,30 @@ def _start_ray(work_dir: Path) -> None:
 
 
 def run_ray_tune_here(workload: Workload, seed: int, env: BenchEnv) -> RunResult:
-    """Ray Tune with hyperopt's TPE (``HyperOptSearch``), ``parallelism`` trials at once."""
+    """Ray Tune with hyperopt's TPE (``HyperOptSearch``), at most ``parallelism`` trials at once
+    (``ConcurrencyLimiter``); each trial is a function trainable calling the workload's
+    objective (the same 1-s sleep on wide) and reporting its loss once. ``reuse_actors``: a
+    trial runs in an actor a finished one leaves, not a fresh process each (Tune's own advice
+    for many short trials; without it a trial cost ~5 s here). Tune's defaults otherwise (its
+    result loggers included), as a user gets them."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.hyperopt import HyperOptSearch
 
     objective = workload.objective()
+    started: dict[str, float] = {}
     completed: list[float] = []
+    latencies: list[float] = []
 
-    class CompletionTimes(tune.Callback):
+    class TrialTimes(tune.Callback):
+        def on_trial_start(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
+            started[trial.trial_id] = time.time()
+
         def on_trial_complete(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
-            completed.append(time.time())
+            now = time.time()
+            completed.append(now)
+            if trial.trial_id in started:
+                latencies.append(now - started[trial.trial_id])
 
     def trainable(config: dict[str, Any]) -> dict[str, float]:
         return {"loss": objective(config)}
@@ -482,9 +539,10 @@ def run_ray_tune_here(workload: Workload, seed: int, env: BenchEnv) -> RunResult
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=workload.parallelism),
             num_samples=workload.n_trials,
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            storage_path=str(env.work_dir / "ray-results"), verbose=0, callbacks=[CompletionTimes()]
+            storage_path=str(env.work_dir / "ray-results"), verbose=0, callbacks=[TrialTimes()]
         ),
     )
     result = RunResult(wl.RAY_TUNE, workload.key, seed, 0.0, bytes_note="not measured (Ray object store)")
@@ -496,6 +554,10 @@ def run_ray_tune_here(workload: Workload, seed: int, env: BenchEnv) -> RunResult
     result.n_ok = len(losses)
     result.best_loss = min(losses) if losses else None
     result.completed_at_s = sorted(t - probe.t0 for t in completed)
+    result.trial_latency_s = latencies  # trial started (its actor running) -> completed, by completion
+    import ray
+
+    result.extras["ray_cpus"] = int(ray.cluster_resources().get("CPU", 0))
     return result
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from benchmarks import workloads as wl
-from benchmarks.analysis import WARM_UP, WINDOW, Cell, paired_ratios
+from benchmarks.analysis import PACE_FRACTION, PACE_WARM_UP, WARM_UP, WINDOW, Cell, paired_ratios
 
 # Overhead and tracking: per-trial wall time within this factor of the reference's, run beside it.
 SAME_PARALLELISM_LIMIT = 1.10
@@ -29,6 +29,13 @@ PAYLOAD_PER_TRIAL_BYTES = 64 * 1024
 # Payload time: a trial's time with the large capture within this factor of a 1 KB one.
 PAYLOAD_TIME_GROWTH = 1.25
 SCALE_GROWTH = 1.5
+# Scale (the issue's done-when): the pace of the last 10% of trials >= this much of the first
+# 10%'s; client CPU per trial <= this factor of a bare job's plus hyperopt's own; one save-file
+# write over the last 10% <= this factor of one over the first 10% (the issue says "does not
+# grow": the factor is room for noise; a save that pickles every trial would grow ~n-fold).
+SCALE_PACE = 0.9
+SCALE_CPU_LIMIT = 1.2
+SAVE_GROWTH_LIMIT = 1.25
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,17 @@ def evaluate(cells: dict[tuple[str, str], Cell]) -> list[TargetCheck]:
             TRACKING_LIMIT,
         ),
         _paired_check(
+            "tracking cost, 1-s trials",
+            f"1-s sleeping trials at p4 with tracking on (the same `mlflow server`) <= {TRACKING_LIMIT:.2f}x "
+            "tracking off, per-trial wall time (median of per-repeat ratios)",
+            cells,
+            wl.CONNECT_TRIALS_TRACKED,
+            ct,
+            "tracking",
+            "per_trial_s",
+            TRACKING_LIMIT,
+        ),
+        _paired_check(
             "overhead vs SparkTrials",
             "SparkTrials' per-trial wall time at p2 >= 5x connect-trials' (classic local[2])",
             cells,
@@ -100,6 +118,7 @@ def evaluate(cells: dict[tuple[str, str], Cell]) -> list[TargetCheck]:
         ),
         *_payload_checks(cells),
         _scale_check(cells),
+        *_scale_pace_checks(cells),
     ]
 
 
@@ -215,6 +234,87 @@ def _scale_check(cells: dict[tuple[str, str], Cell]) -> TargetCheck:
         return TargetCheck("scale", target, "-", None)
     spread = f" ({stat.low:.2f}-{stat.high:.2f}, n={stat.n})" if stat.n > 1 else ""
     return TargetCheck("scale", target, f"{stat.median:.2f}x{spread}", stat.median <= SCALE_GROWTH)
+
+
+def _scale_pace_checks(cells: dict[tuple[str, str], Cell]) -> list[TargetCheck]:
+    """The issue's done-when, for every scale workload run with ``rand`` and a save file:
+    pace, client CPU per trial, save-file write time per trial."""
+    ct = wl.CONNECT_TRIALS
+    checks = []
+    for _, key in _keys(cells, "scale"):
+        cell = cells.get((ct, key))
+        if cell is None or not cell.workload.save_file:
+            continue
+        n = cell.workload.n_trials
+        pace = cell.windows.get("pace", {})
+        size = int(pace.get("trials", round(n * PACE_FRACTION)))
+        warm = int(pace.get("warm_up", PACE_WARM_UP))
+        stat = cell.stat("pace_ratio")
+        target = (
+            f"pace (trials completed per s) of the last {size} trials >= {SCALE_PACE}x that of the first "
+            f"{size} after {warm} warm-up ones ({n} no-op trials at p{cell.workload.parallelism}, "
+            "rand.suggest, trials_save_file on)"
+        )
+        if stat is None:
+            checks.append(TargetCheck(f"scale pace ({key})", target, "-", None))
+        else:
+            measured = f"{stat.median:.2f}x"
+            if pace:
+                measured += f" ({pace['first_per_s']:.1f} -> {pace['last_per_s']:.1f} trials/s)"
+            checks.append(TargetCheck(f"scale pace ({key})", target, measured, stat.median >= SCALE_PACE))
+        checks.append(_scale_cpu_check(cells, key))
+        checks.append(_save_growth_check(cell, key))
+    return checks
+
+
+def _scale_cpu_check(cells: dict[tuple[str, str], Cell], key: str) -> TargetCheck:
+    mine = _median(cells, wl.CONNECT_TRIALS, key, "cpu_per_trial_s")
+    bare = _median(cells, wl.FLOOR_RAW, key, "cpu_per_trial_s")
+    own = _median(cells, wl.IN_PROCESS, key, "cpu_per_trial_s")
+    floor_cell = cells.get((wl.FLOOR_RAW, key))
+    serial_cell = cells.get((wl.IN_PROCESS, key))
+    counts = ""
+    if floor_cell and serial_cell:
+        counts = (
+            f" (bare jobs: {floor_cell.runs[0].n_trials} of them; hyperopt serial: "
+            f"{serial_cell.runs[0].n_trials} trials)"
+        )
+    target = (
+        f"client CPU time per trial (user + system of the process running fmin) <= {SCALE_CPU_LIMIT}x a "
+        "bare job's (submitted the same way, 4 at a time) + hyperopt's own (serial in-process "
+        f"Trials, rand.suggest, no-op objective){counts}"
+    )
+    name = f"scale client CPU ({key})"
+    if mine is None or bare is None or own is None:
+        return TargetCheck(name, target, "-", None)
+    reference = bare + own
+    measured = (
+        f"{mine * 1e3:.2f} ms / ({bare * 1e3:.2f} + {own * 1e3:.2f}) ms = {mine / reference:.2f}x"
+        if reference > 0
+        else "-"
+    )
+    return TargetCheck(name, target, measured, mine <= SCALE_CPU_LIMIT * reference if reference > 0 else None)
+
+
+def _save_growth_check(cell: Cell, key: str) -> TargetCheck:
+    save = cell.windows.get("save", {})
+    probe = next((r.extras["save"].get("probe") for r in cell.runs if r.extras.get("save")), None)
+    size = int(save.get("writes", round(cell.workload.n_trials * PACE_FRACTION)))
+    target = (
+        f"time of one trials_save_file write (median over a window) over the last {size} trials <= "
+        f"{SAVE_GROWTH_LIMIT}x over the first {size} after the warm-up: it does not grow with the trials "
+        f"(timed: {probe or 'the save function the library calls per trial'})"
+    )
+    name = f"scale save writes ({key})"
+    stat = cell.stat("save_growth")
+    if stat is None or not save:
+        why = "not measured: no save function found to time" if probe is None and cell.runs else "-"
+        return TargetCheck(name, target, why, None)
+    measured = f"{stat.median:.2f}x ({save['first_s'] * 1e3:.3f} -> {save['last_s'] * 1e3:.3f} ms per write)"
+    size_mb = cell.stat("save_file_mb")
+    if size_mb:
+        measured += f"; file at the end {size_mb.median:.1f} MB"
+    return TargetCheck(name, target, measured, stat.median <= SAVE_GROWTH_LIMIT)
 
 
 def _median(cells: dict[tuple[str, str], Cell], system: str, workload: str, metric: str) -> float | None:

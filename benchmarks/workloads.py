@@ -63,12 +63,15 @@ class Workload:
     once: tuple[str, ...] = ()  # systems that run only the first repeat (slow references)
     once_why: str = ""  # why they do (shown in the table)
     once_trials: int = 0  # trials of a run of the `once` systems when fewer than n_trials (once_why says why)
+    fewer: tuple[str, ...] = ()  # the `once` systems that run `once_trials` (empty: all of them)
     left_out: str = ""  # a system the issue names that this workload does not run, and why (in the notes)
     server: str = "main"  # "main" (local[2]), "cluster" (LocalCluster) or "local-wide" (local[p])
     sleep_s: float = 0.0
     payload_bytes: int = 0
     variant: str = ""
     space: tuple[Dimension, ...] = X_SPACE
+    algo: str = "tpe"  # hyperopt's "tpe" or "rand" (scale: so that TPE's own cost is not what is measured)
+    save_file: bool = False  # connect-trials runs with a trials_save_file (scale: its write cost is measured)
 
     @property
     def key(self) -> str:
@@ -81,9 +84,16 @@ class Workload:
 
     def for_system(self, system: str) -> Workload:
         """What ``system`` runs: fewer trials for a slow reference, when ``once_trials`` says so."""
-        if system in self.once and 0 < self.once_trials < self.n_trials:
+        fewer = system in (self.fewer or self.once)
+        if fewer and 0 < self.once_trials < self.n_trials:
             return replace(self, n_trials=self.once_trials)
         return self
+
+    def suggest(self) -> Callable[..., Any]:
+        """hyperopt's suggestion algorithm for this workload."""
+        from hyperopt import rand, tpe
+
+        return {"tpe": tpe.suggest, "rand": rand.suggest}[self.algo]
 
     def objective(self) -> objectives.Objective:
         """A fresh objective (for payload: one that captures a fresh array)."""
@@ -107,6 +117,7 @@ class Workload:
         data = dict(data)
         data["systems"] = tuple(data["systems"])
         data["once"] = tuple(data.get("once", ()))
+        data["fewer"] = tuple(data.get("fewer", ()))
         data["space"] = tuple(Dimension(**d) for d in data["space"])
         return cls(**data)
 
@@ -146,13 +157,15 @@ MLFLOW_OPTUNA_WHY = (
 
 
 def full_plan() -> list[Workload]:
-    """``python -m benchmarks``: the issue's workloads, in about 20 minutes on 2 cores.
+    """``python -m benchmarks``: the issue's workloads, in about 24 minutes on 2 cores.
 
     Every system runs every repeat unless the workload's ``once_why`` says why not (SparkTrials
-    and Ray Tune complete about one trial a second whatever the trial, MlflowSparkStudy about
-    one in three, so a repeat of theirs costs what the other systems' three do). ``wide`` runs
-    on a ``LocalCluster`` of 2 workers with 16 logical cores each (SparkTrials, which needs a
-    classic session, on local[32]).
+    completes about one trial a second whatever the trial, MlflowSparkStudy about one in three,
+    so a repeat of theirs costs what the other systems' three do). Ray Tune runs beside
+    connect-trials with the same trials on ``overhead`` (every repeat) and ``wide`` (once:
+    32 actors on 2 cores take minutes a run). ``wide``
+    runs on a ``LocalCluster`` of 2 workers with 16 logical cores each (SparkTrials, which needs
+    a classic session, on local[p]; Ray Tune on a local Ray instance of p logical CPUs).
     """
     searchers = (IN_PROCESS, SPARK_TRIALS, MLFLOW_OPTUNA, CONNECT_TRIALS, CONNECT_TRIALS_TRACKED, RAY_TUNE)
     return [
@@ -164,13 +177,9 @@ def full_plan() -> list[Workload]:
             parallelism=2,
             repeats=3,
             systems=(FLOOR_RAW, *searchers),
-            once=(RAY_TUNE, SPARK_TRIALS, MLFLOW_OPTUNA),
+            once=(SPARK_TRIALS, MLFLOW_OPTUNA),
             once_trials=16,
-            once_why="Ray Tune: ~1 min a run (~1.7 s a trial) here; "
-            + POLL_BOUND
-            + "; "
-            + MLFLOW_OPTUNA_WHY
-            + " (32 trials took 120 s)",
+            once_why=POLL_BOUND + "; " + MLFLOW_OPTUNA_WHY + " (32 trials took 120 s)",
         ),
         Workload(
             "overhead",
@@ -181,8 +190,10 @@ def full_plan() -> list[Workload]:
             # MlflowSparkStudy: its p2 run shows its cost per trial; at p4 one run took over 150 s.
             systems=(FLOOR_RAW, SPARK_TRIALS, CONNECT_TRIALS),
             once=(SPARK_TRIALS,),
-            once_why=POLL_BOUND,
+            once_trials=24,
+            once_why=POLL_BOUND + " (48 trials took 57 s; 24 keep make bench within its budget)",
         ),
+        tracking(repeats=3),
         first_trial(repeats=3),
         Workload(
             "model",
@@ -197,13 +208,7 @@ def full_plan() -> list[Workload]:
             once_trials=12,
             once_why=MLFLOW_OPTUNA_WHY,
         ),
-        Workload(
-            "scale",
-            n_trials=200,
-            parallelism=4,
-            repeats=2,
-            systems=(IN_PROCESS, CONNECT_TRIALS, CONNECT_TRIALS_TRACKED),
-        ),
+        scale(FULL_SCALE_TRIALS, floor_trials=FULL_SCALE_FLOOR_TRIALS),
         Workload(
             "scale",
             n_trials=100,
@@ -212,11 +217,68 @@ def full_plan() -> list[Workload]:
             repeats=2,
             systems=(MLFLOW_OPTUNA, CONNECT_TRIALS),
             once=(MLFLOW_OPTUNA,),
-            once_trials=30,
-            once_why=MLFLOW_OPTUNA_WHY + " (100 trials took over 150 s)",
+            once_trials=20,
+            once_why=MLFLOW_OPTUNA_WHY + " (100 trials took over 150 s, 30 took 116 s)",
         ),
         *payload_set(small_trials=8, large_trials=64, repeats=3),
     ]
+
+
+# The scale workload's trial counts: in `make bench` as many as its budget allows, in
+# `make bench-scale` the issue's 10,000.
+FULL_SCALE_TRIALS = 2000
+FULL_SCALE_FLOOR_TRIALS = 500
+BENCH_SCALE_TRIALS = 10_000
+SCALE_TRACKED_LEFT_OUT = (
+    "connect-trials+mlflow: thousands of tracked trials would take minutes more than the budget "
+    "has; what tracking costs is measured on overhead (no-op trials) and tracking (1-s trials)"
+)
+
+
+def scale(n_trials: int, floor_trials: int = 0, variant: str = "") -> Workload:
+    """``n_trials`` no-op trials at p4 with ``rand.suggest`` (TPE's own cost, which grows with
+    the trials, is not what is measured), connect-trials with a ``trials_save_file``; beside
+    bare jobs submitted the same way (``floor_trials`` of them when fewer: a bare job keeps no
+    bookkeeping, so its cost per job does not depend on how many ran) and hyperopt's serial
+    in-process ``Trials`` (hyperopt's own bookkeeping cost per trial, at the same count)."""
+    fewer = 0 < floor_trials < n_trials
+    return Workload(
+        "scale",
+        n_trials=n_trials,
+        parallelism=4,
+        variant=variant,
+        systems=(FLOOR_RAW, IN_PROCESS, CONNECT_TRIALS),
+        algo="rand",
+        save_file=True,
+        once=(FLOOR_RAW,) if fewer else (),
+        once_trials=floor_trials if fewer else 0,
+        once_why=(
+            f"bare jobs: {floor_trials} of them keep the run within its budget; a bare job keeps no "
+            "bookkeeping, so its CPU and time per job do not depend on how many ran before"
+        )
+        if fewer
+        else "",
+        left_out=SCALE_TRACKED_LEFT_OUT,
+    )
+
+
+def scale_plan(n_trials: int = BENCH_SCALE_TRIALS) -> list[Workload]:
+    """``make bench-scale``: the issue's 10,000 trials (or ``n_trials``), every system at the
+    full count; its cells are merged into the full run's results."""
+    label = f"{n_trials // 1000}k" if n_trials % 1000 == 0 else str(n_trials)
+    return [scale(n_trials, variant=label)]
+
+
+def tracking(repeats: int, n_trials: int = 32) -> Workload:
+    """Tracking on and off with trials that do something: 1-s sleeps at p4."""
+    return Workload(
+        "tracking",
+        n_trials=n_trials,
+        parallelism=4,
+        repeats=repeats,
+        sleep_s=1.0,
+        systems=(CONNECT_TRIALS, CONNECT_TRIALS_TRACKED),
+    )
 
 
 def quick_plan() -> list[Workload]:
@@ -247,7 +309,8 @@ def quick_plan() -> list[Workload]:
             systems=(FLOOR_RAW, CONNECT_TRIALS),
         ),
         first_trial(repeats=1, systems=(FLOOR_RAW, MLFLOW_OPTUNA, CONNECT_TRIALS)),
-        Workload("scale", n_trials=130, parallelism=4, repeats=2, systems=(IN_PROCESS, CONNECT_TRIALS)),
+        tracking(repeats=1, n_trials=16),
+        scale(300, floor_trials=150),
         *payload_set(small_trials=8, large_trials=64, repeats=1, systems=(FLOOR_RAW, CONNECT_TRIALS)),
     ]
 
@@ -257,7 +320,7 @@ def smoke_plan() -> list[Workload]:
     systems = (FLOOR_RAW, IN_PROCESS, CONNECT_TRIALS)
     return [
         Workload("overhead", n_trials=4, parallelism=2, systems=systems),
-        Workload("scale", n_trials=8, parallelism=4, systems=systems),
+        scale(8),
         *payload_set(small_trials=2, large_trials=4, repeats=1, systems=systems, large_bytes=1024 * 1024),
     ]
 
@@ -281,6 +344,13 @@ WIDE_LEFT_OUT = (
 )
 
 
+# Measured at 1b78383 (2026-12-02): the same trials as connect-trials, a Ray instance of p CPUs.
+RAY_WIDE_WHY = (
+    "Ray Tune: one run of the same trials (a run at p32 took 86 s here, its 32 actors on 2 real "
+    "cores; 15 s at p16): more repeats would not fit the budget"
+)
+
+
 def wide(
     parallelisms: tuple[int, ...],
     trials_per_slot: int,
@@ -289,8 +359,9 @@ def wide(
     peers: bool = True,
 ) -> list[Workload]:
     """N x 1-s sleeping trials at high parallelism (Ray Tune's bookkeeping release test, scaled
-    down). ``cluster``: on a standalone LocalCluster, else on local[p]. ``peers``: SparkTrials
-    (it completes ~1 trial a second): one run of two trials per slot, at p16 only.
+    down). ``cluster``: on a standalone LocalCluster, else on local[p]. ``peers``: Ray Tune
+    (one run of the same trials, on a Ray instance of p logical CPUs) and SparkTrials (it
+    completes ~1 trial a second): one run of two trials per slot, at p16 only.
     MlflowSparkStudy is left out (``WIDE_LEFT_OUT`` says why)."""
     return [
         Workload(
@@ -300,10 +371,14 @@ def wide(
             variant=f"p{p}",
             repeats=repeats,
             sleep_s=1.0,
-            systems=(FLOOR_RAW, CONNECT_TRIALS) + ((SPARK_TRIALS,) if peers and p == 16 else ()),
-            once=(SPARK_TRIALS,),
+            systems=(FLOOR_RAW, CONNECT_TRIALS)
+            + ((RAY_TUNE,) if peers else ())
+            + ((SPARK_TRIALS,) if peers and p == 16 else ()),
+            once=(SPARK_TRIALS, RAY_TUNE),
             once_trials=2 * p,
-            once_why=f"SparkTrials ~1 s a trial (fmin's poll): {2 * p} trials, one run, at p16 only",
+            fewer=(SPARK_TRIALS,),
+            once_why=f"SparkTrials ~1 s a trial (fmin's poll): {2 * p} trials, one run, at p16 only; "
+            + RAY_WIDE_WHY,
             left_out=WIDE_LEFT_OUT if peers else "",
             server="cluster" if cluster else "local-wide",
         )
