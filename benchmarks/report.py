@@ -75,7 +75,7 @@ def markdown(suite: SuiteResult, cells: dict[tuple[str, str], Cell], checks: lis
             f"server takes {_range(floor, 's', 3)} (median of {floor.n}; shown, judges nothing)."
         )
     lines += _peer_lines(suite, cells)
-    lines += _scale_details(cells) + _scale_pace_details(cells)
+    lines += _scale_details(cells) + _scale_pace_details(cells) + _tracked_scale_lines(cells)
     lines += _payload_details(suite, cells) + _phase_details(suite, cells)
     lines += _targets(checks) + _notes(suite)
     return "\n".join(lines) + "\n"
@@ -115,6 +115,7 @@ def readme_section(suite: SuiteResult, cells: dict[tuple[str, str], Cell], check
         "![trials completed versus wall-clock time](benchmarks/results/trials_vs_time.png)",
         *_peer_lines(suite, cells),
         *_scale_pace_details(cells),
+        *_tracked_scale_lines(cells),
         *_targets(checks),
         *_notes(suite),
     ]
@@ -283,6 +284,32 @@ def _scale_pace_details(cells: dict[tuple[str, str], Cell]) -> list[str]:
         "hyperopt serial runs without a trials_save_file."
     ]
     return lines
+
+
+def _tracked_scale_lines(cells: dict[tuple[str, str], Cell]) -> list[str]:
+    """A tracked scale search in MLflow: its parent, its child runs by status, and the time
+    ``from_mlflow`` took to resume it."""
+    lines: list[str] = []
+    for cell in cells.values():
+        if cell.workload.name != "scale":
+            continue
+        for run in cell.runs:
+            record = run.extras.get("mlflow")
+            if not record:
+                continue
+            if not record.get("parent_run_id"):
+                lines.append(f"- {cell.workload.key}, {cell.system}: no parent run found.")
+                continue
+            by_status = ", ".join(f"{n} {s}" for s, n in sorted(record["children_by_status"].items()))
+            lines.append(
+                f"- {cell.workload.key}, {cell.system}: parent run {record['parent_status']}; "
+                f"{record['children']} child runs ({by_status}); "
+                f"`ConnectTrials.from_mlflow(parent)` restored {record['from_mlflow_restored']} trials "
+                f"in {record['from_mlflow_s']:.1f} s."
+            )
+    if not lines:
+        return []
+    return ["", "Tracked scale searches in MLflow (the suite's `mlflow server`, sqlite backend):", "", *lines]
 
 
 def _save_texts(save: dict[str, Any] | None, window: dict[str, float] | None) -> list[str]:

@@ -251,14 +251,15 @@ def _connect_trials(workload: Workload, seed: int, env: BenchEnv, tracking: bool
     save_file = env.work_dir / f"trials-{system}-{workload.name}-{seed}-{uuid.uuid4().hex[:8]}.pkl"
     with contextlib.ExitStack() as stack:
         spark, wire = stack.enter_context(env.session(system, workload))
-        if tracking:
-            stack.enter_context(_tracking_server(env))
+        experiment_id = stack.enter_context(_tracking_server(env))[1] if tracking else None
         saves = stack.enter_context(SaveProbe()) if workload.save_file else None
         with Probe(env.request_bytes, wire) as probe:
             trials = ConnectTrials(
                 parallelism=workload.parallelism, spark_session=spark, mlflow_tracking=tracking
             )
             _hyperopt_fmin(workload, seed, objective, timer, trials, str(save_file) if saves else "")
+        if experiment_id is not None and workload.name == "scale":
+            result.extras["mlflow"] = _tracked_search_record(experiment_id, probe.t0, spark)
     probe.fill(result)
     if saves is not None:
         result.extras["save"] = _save_record(saves, save_file)
@@ -266,6 +267,53 @@ def _connect_trials(workload: Workload, seed: int, env: BenchEnv, tracking: bool
         result.extras["tracking_store"] = "mlflow server (HTTP)" if env.mlflow_server_uri else "sqlite"
     result.suggest_spans_s = timer.spans_from(probe.t0)
     return fill_from_hyperopt(result, trials, probe.t0)
+
+
+def _tracked_search_record(experiment_id: str, t0: float, spark: Any) -> dict[str, Any]:
+    """What a tracked search left in MLflow: its parent run's status, its child runs counted by
+    status (every one must have ended), and how long ``ConnectTrials.from_mlflow`` on the
+    parent takes to restore them (a resume's cost at this many trials)."""
+    from mlflow import MlflowClient
+
+    from connect_trials import ConnectTrials
+
+    client = MlflowClient()
+    # The parent starts before any of its children: the first run of ours since t0.
+    first = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.runSource = 'hyperoptAutoTracking' and attributes.start_time >= {int(t0 * 1000)}"
+        ),
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    if not first:
+        return {"parent_run_id": None}
+    parent = first[0]
+    statuses: dict[str, int] = {}
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+            max_results=1000,
+            page_token=token,
+        )
+        for run in page:
+            statuses[run.info.status] = statuses.get(run.info.status, 0) + 1
+        token = page.token
+        if not token:
+            break
+    started = time.perf_counter()
+    restored = ConnectTrials.from_mlflow(parent.info.run_id, spark_session=spark)
+    return {
+        "parent_run_id": parent.info.run_id,
+        "parent_status": parent.info.status,
+        "children": sum(statuses.values()),
+        "children_by_status": statuses,
+        "from_mlflow_s": time.perf_counter() - started,
+        "from_mlflow_restored": len(restored),
+    }
 
 
 def _save_record(saves: SaveProbe, path: Path) -> dict[str, Any]:

@@ -264,7 +264,40 @@ def _scale_pace_checks(cells: dict[tuple[str, str], Cell]) -> list[TargetCheck]:
             checks.append(TargetCheck(f"scale pace ({key})", target, measured, stat.median >= SCALE_PACE))
         checks.append(_scale_cpu_check(cells, key))
         checks.append(_save_growth_check(cell, key))
+        tracked = cells.get((wl.CONNECT_TRIALS_TRACKED, key))
+        if tracked is not None:
+            checks.append(_tracked_children_check(tracked, key))
     return checks
+
+
+def _tracked_children_check(cell: Cell, key: str) -> TargetCheck:
+    """A tracked scale search ends every child run it created, and its parent run."""
+    n = cell.workload.n_trials
+    target = (
+        f"a tracked {n}-trial search ends its parent run and every child run (none left RUNNING); "
+        "from_mlflow on the parent restores every trial"
+    )
+    records = [r.extras["mlflow"] for r in cell.runs if r.extras.get("mlflow")]
+    if not records:
+        return TargetCheck(f"scale tracked runs ({key})", target, "-", None)
+    ok, texts = True, []
+    for record in records:
+        if not record.get("parent_run_id"):
+            ok = False
+            texts.append("no parent run found")
+            continue
+        running = record["children_by_status"].get("RUNNING", 0)
+        ok = ok and (
+            running == 0
+            and record["parent_status"] != "RUNNING"
+            and record["children"] >= n
+            and record["from_mlflow_restored"] >= n
+        )
+        texts.append(
+            f"{record['children']} children, {running} RUNNING, parent {record['parent_status']}; "
+            f"from_mlflow {record['from_mlflow_restored']} trials in {record['from_mlflow_s']:.1f} s"
+        )
+    return TargetCheck(f"scale tracked runs ({key})", target, "; ".join(texts), ok)
 
 
 def _scale_cpu_check(cells: dict[tuple[str, str], Cell], key: str) -> TargetCheck:
@@ -287,13 +320,15 @@ def _scale_cpu_check(cells: dict[tuple[str, str], Cell], key: str) -> TargetChec
     name = f"scale client CPU ({key})"
     if mine is None or bare is None or own is None:
         return TargetCheck(name, target, "-", None)
-    reference = bare + own
+    # The issue's reading: 1.2x a bare job's, plus hyperopt's own (not 1.2x their sum).
+    limit = SCALE_CPU_LIMIT * bare + own
     measured = (
-        f"{mine * 1e3:.2f} ms / ({bare * 1e3:.2f} + {own * 1e3:.2f}) ms = {mine / reference:.2f}x"
-        if reference > 0
+        f"{mine * 1e3:.2f} ms vs {SCALE_CPU_LIMIT} x {bare * 1e3:.2f} + {own * 1e3:.2f} "
+        f"= {limit * 1e3:.2f} ms"
+        if limit > 0
         else "-"
     )
-    return TargetCheck(name, target, measured, mine <= SCALE_CPU_LIMIT * reference if reference > 0 else None)
+    return TargetCheck(name, target, measured, mine <= limit if limit > 0 else None)
 
 
 def _save_growth_check(cell: Cell, key: str) -> TargetCheck:

@@ -235,19 +235,21 @@ SCALE_TRACKED_LEFT_OUT = (
 )
 
 
-def scale(n_trials: int, floor_trials: int = 0, variant: str = "") -> Workload:
+def scale(n_trials: int, floor_trials: int = 0, variant: str = "", tracked: bool = False) -> Workload:
     """``n_trials`` no-op trials at p4 with ``rand.suggest`` (TPE's own cost, which grows with
     the trials, is not what is measured), connect-trials with a ``trials_save_file``; beside
     bare jobs submitted the same way (``floor_trials`` of them when fewer: a bare job keeps no
     bookkeeping, so its cost per job does not depend on how many ran) and hyperopt's serial
-    in-process ``Trials`` (hyperopt's own bookkeeping cost per trial, at the same count)."""
+    in-process ``Trials`` (hyperopt's own bookkeeping cost per trial, at the same count).
+    ``tracked`` adds connect-trials+mlflow at the same count: every child run must end, and
+    ``from_mlflow`` on the parent is timed."""
     fewer = 0 < floor_trials < n_trials
     return Workload(
         "scale",
         n_trials=n_trials,
         parallelism=4,
         variant=variant,
-        systems=(FLOOR_RAW, IN_PROCESS, CONNECT_TRIALS),
+        systems=(FLOOR_RAW, IN_PROCESS, CONNECT_TRIALS) + ((CONNECT_TRIALS_TRACKED,) if tracked else ()),
         algo="rand",
         save_file=True,
         once=(FLOOR_RAW,) if fewer else (),
@@ -258,7 +260,7 @@ def scale(n_trials: int, floor_trials: int = 0, variant: str = "") -> Workload:
         )
         if fewer
         else "",
-        left_out=SCALE_TRACKED_LEFT_OUT,
+        left_out="" if tracked else SCALE_TRACKED_LEFT_OUT,
     )
 
 
@@ -266,7 +268,7 @@ def scale_plan(n_trials: int = BENCH_SCALE_TRIALS) -> list[Workload]:
     """``make bench-scale``: the issue's 10,000 trials (or ``n_trials``), every system at the
     full count; its cells are merged into the full run's results."""
     label = f"{n_trials // 1000}k" if n_trials % 1000 == 0 else str(n_trials)
-    return [scale(n_trials, variant=label)]
+    return [scale(n_trials, variant=label, tracked=True)]
 
 
 def tracking(repeats: int, n_trials: int = 32) -> Workload:

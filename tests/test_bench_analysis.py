@@ -85,7 +85,7 @@ def test_scale_targets_say_not_measured_when_the_save_probe_found_nothing() -> N
     checks = {c.name: c for c in evaluate(summarize([workload], runs))}
 
     assert checks["scale pace (scale)"].verdict == "PASS"
-    # 10 ms / (5 + 2) ms = 1.43x > 1.2x
+    # 10 ms > 1.2 x 5 ms + 2 ms = 8 ms
     assert checks["scale client CPU (scale)"].verdict == "MISS"
     assert checks["scale save writes (scale)"].verdict == "not measured"
 
@@ -118,3 +118,34 @@ def test_merge_puts_a_scale_run_beside_earlier_results_and_replaces_only_its_own
     assert [w.key for w in again.plan] == ["overhead", "scale/500"]
     assert again.plan[1].save_file and again.plan[1].algo == "rand"
     assert "Merged from another run: **scale/500**" in report.markdown(again, *report.build(again))
+
+
+def _tracked_run(workload: wl.Workload, children_by_status: dict[str, int], restored: int) -> RunResult:
+    record = {
+        "parent_run_id": "p1",
+        "parent_status": "FINISHED",
+        "children": sum(children_by_status.values()),
+        "children_by_status": children_by_status,
+        "from_mlflow_s": 3.5,
+        "from_mlflow_restored": restored,
+    }
+    return RunResult(
+        wl.CONNECT_TRIALS_TRACKED, workload.key, 1000, 30.0, n_trials=200, extras={"mlflow": record}
+    )
+
+
+def test_a_tracked_scale_search_passes_only_when_every_child_run_ended_and_resumes_whole() -> None:
+    workload = wl.scale_plan(200)[0]
+    assert wl.CONNECT_TRIALS_TRACKED in workload.systems and not workload.left_out
+    ours = RunResult(wl.CONNECT_TRIALS, workload.key, 1000, 20.0, n_trials=200)
+    name = f"scale tracked runs ({workload.key})"
+
+    def verdict(run: RunResult) -> str:
+        return {c.name: c for c in evaluate(summarize([workload], [ours, run]))}[name].verdict
+
+    assert verdict(_tracked_run(workload, {"FINISHED": 200}, restored=200)) == "PASS"
+    assert verdict(_tracked_run(workload, {"FINISHED": 199, "RUNNING": 1}, restored=199)) == "MISS"
+    assert verdict(_tracked_run(workload, {"FINISHED": 200}, restored=150)) == "MISS"
+    suite = SuiteResult(plan=[workload], runs=[ours, _tracked_run(workload, {"FINISHED": 200}, restored=200)])
+    text = report.markdown(suite, *report.build(suite))
+    assert "200 child runs (200 FINISHED)" in text and "restored 200 trials in 3.5 s" in text
