@@ -61,7 +61,7 @@ bench-quick: setup
 
 # The scale workload at the issue's 10,000 trials (connect-trials, bare jobs, hyperopt serial and
 # connect-trials+mlflow, whose child runs are counted and resumed with from_mlflow;
-# ~60 minutes on 2 cores), merged into benchmarks/results (the other workloads' results stay).
+# ~25 minutes on 2 cores), merged into benchmarks/results (the other workloads' results stay).
 # A smaller one: make bench-scale SCALE_TRIALS=500 BENCH_OUT=/tmp/bench-scale
 SCALE_TRIALS ?= 10000
 BENCH_OUT ?=
