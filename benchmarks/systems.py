@@ -13,6 +13,7 @@ of its own.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import os
 import sys
@@ -276,6 +277,7 @@ def _tracked_search_record(experiment_id: str, t0: float, spark: Any) -> dict[st
     from mlflow import MlflowClient
 
     from connect_trials import ConnectTrials
+    from connect_trials.tracking.resume_runs import child_runs
 
     client = MlflowClient()
     # The parent starts before any of its children: the first run of ours since t0.
@@ -290,27 +292,18 @@ def _tracked_search_record(experiment_id: str, t0: float, spark: Any) -> dict[st
     if not first:
         return {"parent_run_id": None}
     parent = first[0]
-    statuses: dict[str, int] = {}
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-            max_results=1000,
-            page_token=token,
-        )
-        for run in page:
-            statuses[run.info.status] = statuses.get(run.info.status, 0) + 1
-        token = page.token
-        if not token:
-            break
+    # Every child, not only the trials' (a stray one would show), counted before from_mlflow
+    # runs: it ends children a dead client left RUNNING, which would hide them.
+    statuses = collections.Counter(
+        r.info.status for r in child_runs(client, experiment_id, parent.info.run_id)
+    )
     started = time.perf_counter()
     restored = ConnectTrials.from_mlflow(parent.info.run_id, spark_session=spark)
     return {
         "parent_run_id": parent.info.run_id,
         "parent_status": parent.info.status,
         "children": sum(statuses.values()),
-        "children_by_status": statuses,
+        "children_by_status": dict(statuses),
         "from_mlflow_s": time.perf_counter() - started,
         "from_mlflow_restored": len(restored),
     }

@@ -8,12 +8,28 @@ to start a trial under that parent, or the one named. Runs that are not a trial'
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from connect_trials.tracking.mlflow_runs import RUN_SOURCE
 from connect_trials.tracking.resume_tags import TID_TAG
 
 _STATUS_OF_OUTCOME = {"success": "FINISHED", "failure": "FAILED"}
+
+
+def child_runs(client: Any, experiment_id: str, parent_run_id: str, filter_string: str = "") -> Iterator[Any]:
+    """Every run of ``experiment_id`` whose parent is ``parent_run_id`` (and that matches
+    ``filter_string``, an MLflow search filter), all pages."""
+    where = f"tags.mlflow.parentRunId = '{parent_run_id}'" + (
+        f" and {filter_string}" if filter_string else ""
+    )
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=where, max_results=1000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
 
 
 def fmin_child_runs(
@@ -23,19 +39,13 @@ def fmin_child_runs(
     pages), one per tid, cancelled ones included (their tids are taken). ``ValueError``
     names the fmins there when ``fmin_uuid`` is not one."""
     parent = client.get_run(parent_run_id)
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.runSource = '{RUN_SOURCE}'",
-            max_results=1000,
-            page_token=token,
+    runs = [
+        r
+        for r in child_runs(
+            client, parent.info.experiment_id, parent_run_id, f"tags.runSource = '{RUN_SOURCE}'"
         )
-        runs.extend(r for r in page if TID_TAG in r.data.tags and "fmin_uuid" in r.data.tags)
-        token = page.token
-        if not token:
-            break
+        if TID_TAG in r.data.tags and "fmin_uuid" in r.data.tags
+    ]
     if not runs:
         return fmin_uuid, []
     fmins = {r.data.tags["fmin_uuid"] for r in runs}
