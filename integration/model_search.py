@@ -3,8 +3,9 @@
     [SPARK_REMOTE=sc://...] python -m integration.model_search [--max-evals 24] [--tracking-uri URI]
 
 Without ``--url`` or ``SPARK_REMOTE`` it starts a ``LocalCluster`` (2 workers x 1 core,
-workers that cannot see this folder) and stops it at the end. TPE searches one conditional space over logistic
-regression, random forest, gradient boosting and an SVM on scikit-learn's breast-cancer data.
+workers that cannot see this folder) and stops it at the end. TPE searches one conditional
+space over logistic regression, random forest, gradient boosting and an SVM on scikit-learn's
+breast-cancer data.
 The data is loaded here, once, and travels with the objective (once per fmin, as a session
 artifact), not once per trial. The best configuration is refit here, logged to MLflow and
 registered in the model registry. Prints one JSON line (``--json``) or a short report.
