@@ -235,3 +235,22 @@ def validate_loss_threshold(loss_threshold: Any) -> None:
         raise ValueError(
             f"The loss_threshold argument should be None or a numeric value. Given value: {loss_threshold}"
         )
+
+
+def points_given_to_hyperopt_fmin(caller: Any) -> list[dict[str, Any]] | None:
+    """The ``points_to_evaluate`` of the ``hyperopt.fmin`` call that called ``trials.fmin``
+    (``caller``: its frame), or None. hyperopt does not pass them on to ``trials.fmin``, and
+    drops them without a word when a trials object is given; its frame still holds them (the
+    local of that name in hyperopt 0.2.7 and 0.3.0). Only hyperopt's own ``fmin`` is read."""
+    hyperopt_fmin = getattr(sys.modules.get("hyperopt.fmin"), "fmin", None)
+    if caller is None or caller.f_code is not getattr(hyperopt_fmin, "__code__", None):
+        return None
+    points = caller.f_locals.get("points_to_evaluate")
+    if points is None:
+        return None
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise TypeError(
+            "points_to_evaluate must be a list of dicts, one per point, each mapping the space's "
+            f"labels to values (hp.choice: the index), not {type(points).__name__}"
+        )
+    return points

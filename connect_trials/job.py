@@ -81,8 +81,6 @@ class TrialRequest:
     tid: int
     argument_blob: bytes
     environ: dict[str, str] = field(default_factory=dict)
-    # Runs of this trial lost earlier with their server or session: each counts as an attempt.
-    attempts_lost: int = 0
 
 
 @dataclass(frozen=True)
@@ -273,7 +271,7 @@ def build_trial_job(
     """The DataFrame whose collection runs one trial, over :func:`trial_source`'s DataFrame."""
     mine = compat.client_versions()
     versions = (mine.python, mine.pyspark)
-    args = (objective, request.argument_blob, request.environ, versions, request.attempts_lost)
+    args = (objective, request.argument_blob, request.environ, versions)
     task = worker_boot.booted_task(*worker_code(), args)
     if resource_profile is not None:
         return source.mapInPandas(task, result_struct(), profile=resource_profile)

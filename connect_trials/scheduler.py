@@ -4,8 +4,9 @@ Every trial job runs in a thread of its own (Spark Connect tags are thread-local
 its outcome to one queue. The loop blocks on that queue, so a finished trial frees its
 slot and the next suggestion is submitted at once: no polling. The same wait carries the
 deadline of ``timeout`` (counted from the fmin call), and the watchdog's word that the
-server is gone. Timeout, ``loss_threshold``, ``early_stop_fn`` and Ctrl-C cancel running
-jobs through the fmin's tag, mark unfinished trials CANCEL and keep every finished result.
+server is gone. Timeout, ``early_stop_fn`` and Ctrl-C cancel running jobs through the fmin's
+tag, mark unfinished trials CANCEL and keep every finished result; ``loss_threshold`` only
+stops suggesting, and the trials in flight finish (see ``stopping.py``).
 Whether a late result counts is decided from the client's clock only: it counts when its
 job had returned before the cancellation was issued.
 
@@ -15,8 +16,11 @@ the objective's MLflow logging, updates the progress, tells the tracker once and
 loop only routes outcomes there.
 
 A trial whose job was lost with its server or session (the server stopped answering, its
-driver restarted) does not end: it goes back to the front of the queue, its lost run
-counted as one attempt, and the search waits out the outage. Nothing is submitted while the
+driver restarted, it dropped the operation of a client that slept) does not end: it goes back
+to the front of the queue, and the search waits out the outage. Such a loss says nothing
+against the objective (it may not even have started), so it is not one of the objective's
+attempts (``MAX_OBJECTIVE_ATTEMPTS``, which count Spark's retries after a worker died); a
+trial whose job was lost ``MAX_JOBS_LOST`` times ends ERROR and says so. Nothing is submitted while the
 server does not answer; once it does, ``SessionRecovery`` goes on with the same session or a
 new one, and the queue runs again. An outage that lasts ``reconnect_timeout`` fails fmin with
 ``ClusterUnavailableError``: finished trials are kept, the others end CANCEL.
@@ -48,7 +52,7 @@ from connect_trials.outputs import OutputBudget
 from connect_trials.progress import TrialProgress
 from connect_trials.reconnect import SessionRecovery
 from connect_trials.session import SERVER_GONE_AFTER_S
-from connect_trials.stopping import StopRules
+from connect_trials.stopping import Stop, StopRules
 from connect_trials.tracking import FminTracker
 from connect_trials.tracking.uris import redacted_text
 from connect_trials.trial_end import (
@@ -71,6 +75,9 @@ _CANCEL_GRACE_S = 5.0
 _SIGNAL_SLICE_S = 0.5
 # During an outage, how often the loop asks whether the server is back.
 _RECOVER_EVERY_S = 1.0
+# Jobs of one trial that may be lost with their server or session before the trial ends ERROR:
+# bounds a trial whose own job brings its driver down (a huge result, say) every time.
+MAX_JOBS_LOST = 3
 
 
 class ServerNews(enum.Enum):
@@ -141,21 +148,27 @@ class TrialScheduler:
         self.reconnect_timeout = reconnect_timeout
         self._outage: _Outage | None = None
         self._next_recovery_at = 0.0
-        self._attempts_lost: dict[int, int] = {}  # tid -> runs lost with their server
+        self._jobs_lost: dict[int, int] = {}  # tid -> its jobs lost with their server or session
         self._generation_of: dict[int, int] = {}  # tid -> the session generation it runs on
         self._n_failed = 0
         self._warnings_shown: set[str] = set()  # the workers' warnings, each logged once per fmin
         self._completions: queue.Queue[job.TrialOutcome | ServerEvent] = queue.Queue()
-        self._pending: list[dict[str, Any]] = []  # suggested, not yet submitted
         self._running: dict[int, dict[str, Any]] = {}  # submitted, not yet ended
         self._n_suggested = 0
-        # As hyperopt's FMinIter.exhaust: max_evals - len(trials) (a ConnectTrials counts every
-        # trial it holds, cancelled and failed ones included).
-        trials.refresh()
+        # As hyperopt's FMinIter.exhaust: max_evals - len(trials), where len counts the NEW,
+        # RUNNING and DONE trials (not ERROR nor CANCEL ones) as of the last refresh: documents
+        # inserted since (generate_trials_to_calculate's seeds) come on top of max_evals.
         self._n_to_run = limits.max_evals - len(trials)
+        trials.refresh()
+        # Trials inserted NEW before fmin (hyperopt's way to seed a search:
+        # generate_trials_to_calculate + insert_trial_docs) count in len(trials) and run
+        # first, as SparkTrials' dispatcher runs every NEW trial it finds.
+        self._pending: list[dict[str, Any]] = [  # NEW: seeded or suggested, not yet submitted
+            t for t in trials._dynamic_trials if t["state"] == base.JOB_STATE_NEW
+        ]
         self._exhausted = False
         self._stop_rules = StopRules(
-            [t for t in trials._dynamic_trials if t["state"] == base.JOB_STATE_DONE],
+            trials, [t for t in trials._dynamic_trials if t["state"] == base.JOB_STATE_DONE],
             limits.loss_threshold, limits.early_stop_fn,
         )  # fmt: skip
         self._cancelled_at = math.inf  # time.monotonic() when the first cancellation was issued
@@ -288,7 +301,7 @@ class TrialScheduler:
             environ = self.tracker.trial_started(trial, argument)
             # The tracking may have outlasted the fmin: then nothing is launched.
             if not (self.trials._fmin_cancelled or self._deadline_passed()):
-                request = job.TrialRequest(tid, argument_blob, environ, self._attempts_lost.get(tid, 0))
+                request = job.TrialRequest(tid, argument_blob, environ)
                 outcome = self.executor.run_trial(request)
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -325,9 +338,14 @@ class TrialScheduler:
             raise ClusterMismatchError(
                 outcome.error_text or "the Spark workers cannot run this client's objectives"
             )
-        if self._stop_rules.stop_after(trial):
+        stop = self._stop_rules.stop_after(trial)
+        if stop is Stop.EARLY_STOP_FN:
             self._cancel(FMIN_CANCELLED_REASON_EARLY_STOPPING)
             return True
+        if stop is Stop.LOSS_THRESHOLD:
+            # FMinIter leaves its loop and blocks until the trials in flight are done: they
+            # (and any already suggested) run to their end, and no new one is suggested.
+            self._exhausted = True
         return False
 
     # -- outages ----------------------------------------------------------------------------
@@ -344,14 +362,24 @@ class TrialScheduler:
             self._next_recovery_at = 0.0  # look now
 
     def _lost(self, trial: dict[str, Any], outcome: job.TrialOutcome) -> None:
-        """A trial's job was lost with its server or session: it runs again, once the server
-        answers, as one more attempt (the worker refuses a run beyond the attempts allowed)."""
+        """A trial's job was lost with its server or session: it runs again once the server
+        answers, unless its jobs were lost ``MAX_JOBS_LOST`` times."""
         tid = trial["tid"]
-        del self._running[tid]
-        self._attempts_lost[tid] = self._attempts_lost.get(tid, 0) + 1
-        trial["state"] = base.JOB_STATE_NEW
-        self._pending.insert(0, trial)
-        logger.debug("trial task %s lost with its server, runs again: %s", tid, last_line(outcome.error_text))
+        lost = self._jobs_lost[tid] = self._jobs_lost.get(tid, 0) + 1
+        if lost < MAX_JOBS_LOST:
+            del self._running[tid]
+            trial["state"] = base.JOB_STATE_NEW
+            self._pending.insert(0, trial)
+            logger.debug("trial task %s lost with its server, runs again: %s", tid,
+                         last_line(outcome.error_text))  # fmt: skip
+        else:
+            self._end_trial(trial, TrialEnd.failed(
+                outcome.error_type or "<class 'connect_trials.ClusterUnavailableError'>",
+                f"this trial's job was lost {lost} times with its Spark Connect server or session (a "
+                "restarted driver, a network outage, or a client silent for longer than the server "
+                "keeps its operations), so it is not run again; its objective did not fail (it may "
+                f"not even have started). Last loss:\n{outcome.error_text or ''}",
+            ))  # fmt: skip
         assert self.recovery is not None
         if self._generation_of.get(tid, 0) < self.recovery.generation:
             return  # it ran on the session we left: the outage it saw is over
@@ -405,7 +433,7 @@ class TrialScheduler:
         waited = time.monotonic() - outage.since
         self._outage = None
         # After a restart every trial in flight ran on the old session: it comes back lost.
-        again = sum(1 for t in self._pending if t["tid"] in self._attempts_lost)
+        again = sum(1 for t in self._pending if t["tid"] in self._jobs_lost)
         again += len(self._running) if recovered.renewed else 0
         if recovered.renewed:
             text = (
@@ -503,9 +531,12 @@ class TrialScheduler:
         their errors and relayed logging are recorded; a result that reached the client
         before the cancellation counts."""
         deadline = time.monotonic() + self._settle_grace_s
-        while self._running and time.monotonic() < deadline:
+        while self._running:
+            left = _remaining(deadline)
             try:
-                outcome = self._completions.get(timeout=_remaining(deadline))
+                # With no grace left (a server declared gone reports nothing more), what has
+                # reached the client already is still read: no result it holds is dropped.
+                outcome = self._completions.get(timeout=left) if left else self._completions.get_nowait()
             except queue.Empty:
                 break
             if isinstance(outcome, ServerEvent):

@@ -1,13 +1,24 @@
 """When a search stops early: ``loss_threshold`` and ``early_stop_fn``, hyperopt's rules.
 
-``early_stop_fn`` sees the finished trials in the order they finished, as in a serial fmin:
-hyperopt's ``no_progress_loss`` reads the last trial's loss, which in the trials object would
-be a running trial's. It is called after each successful trial, as upstream, on one view of
-the finished trials that grows by one document per trial (O(1) of ours per trial; what the
-function itself reads is its own cost)."""
+The two rules end a search differently, as they do under hyperopt's ``SparkTrials``:
+- ``loss_threshold`` is ``FMinIter``'s: once the best loss is below it, no new trial is
+  suggested, and the trials in flight run to their end (``block_until_done``) and count. The
+  search is not cancelled (``fmin_cancelled_reason`` stays ``None``).
+- ``early_stop_fn`` is SparkTrials' dispatcher's: it is called each time one more trial has
+  succeeded, with its own returned args passed back, and when it says stop the search is
+  cancelled ("early stopping condition") and the trials in flight end CANCEL.
+
+``early_stop_fn`` is given a :class:`FinishedTrials`: the whole trials surface
+(``count_*_trials()``, ``fmin_cancelled_reason``, ``parallelism``, ...) of the search, whose
+documents (``trials``, ``losses()``, ``best_trial``, ``len``) are the successful trials in the
+order they finished, as a serial fmin would hold them. hyperopt's ``no_progress_loss`` reads
+the last trial's loss, which in the trials object itself would often be a running trial's (a
+``KeyError`` under SparkTrials). The view grows by one document per trial: O(1) of ours per
+trial; what the function itself reads is its own cost."""
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 from collections.abc import Callable
@@ -20,37 +31,80 @@ from connect_trials.trial_end import ok_loss
 logger = logging.getLogger("connect_trials")
 
 
+class Stop(enum.Enum):
+    """Why a search stops after a trial."""
+
+    LOSS_THRESHOLD = "loss_threshold"  # suggest no more; the trials in flight finish
+    EARLY_STOP_FN = "early_stop_fn"  # cancel the trials in flight
+
+
+class FinishedTrials(base.Trials):
+    """What ``early_stop_fn`` is given: the search's successful trials in the order they
+    finished, with every other attribute of the search's trials object (its counts, its
+    cancellation, its settings) read from that object."""
+
+    def __init__(self, search: Any, finished: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self._search = search
+        self._dynamic_trials = list(finished)
+        self.refresh()
+
+    def append(self, trial: dict[str, Any]) -> None:
+        """One more successful trial, without a ``refresh`` (a scan of every document)."""
+        self._dynamic_trials.append(trial)
+        self._trials.append(trial)  # a DONE trial is one of refresh()'s valid states
+        self._ids.add(trial["tid"])
+
+    def __getattr__(self, name: str) -> Any:
+        # Only names that base.Trials does not define: count_successful_trials(),
+        # fmin_cancelled_reason, parallelism, timeout, ... are the search's own.
+        if name.startswith("__") or name == "_search":
+            raise AttributeError(name)
+        return getattr(self._search, name)
+
+    # The search's counts, not the view's: failed and cancelled trials are not in the view.
+    def count_by_state_unsynced(self, arg: Any) -> int:
+        return int(self._search.count_by_state_unsynced(arg))
+
+    def count_by_state_synced(self, arg: Any, trials: Any = None) -> int:
+        return int(self._search.count_by_state_synced(arg, trials))
+
+
 class StopRules:
     """The best loss so far, and whether the search should stop after a trial."""
 
-    def __init__(self, finished: list[dict[str, Any]], loss_threshold: float | None,
+    def __init__(self, search: Any, finished: list[dict[str, Any]], loss_threshold: float | None,
                  early_stop_fn: Callable[..., Any] | None) -> None:  # fmt: skip
         self._loss_threshold = loss_threshold
         self._early_stop_fn = early_stop_fn
         self._early_stop_args: list[Any] = []
+        self._threshold_reached = False
         self.best_loss = min((ok_loss(t) for t in finished), default=math.inf)
-        # What early_stop_fn sees: the DONE trials in the order they finished. Kept up to date
-        # by appending, never rebuilt (Trials.refresh is a scan of every document).
-        self._view = base.Trials()
-        self._view._dynamic_trials = list(finished)
-        self._view.refresh()
+        self._view = FinishedTrials(search, [t for t in finished if _succeeded(t)])
 
     def trial_done(self, trial: dict[str, Any]) -> None:
         self.best_loss = min(self.best_loss, ok_loss(trial))
-        view = self._view
-        view._dynamic_trials.append(trial)
-        view._trials.append(trial)  # a DONE trial is one of refresh()'s valid states
-        view._ids.add(trial["tid"])
+        if _succeeded(trial):
+            self._view.append(trial)
 
-    def stop_after(self, trial: dict[str, Any]) -> bool:
-        """Whether the search stops now that ``trial`` has ended."""
+    def stop_after(self, trial: dict[str, Any]) -> Stop | None:
+        """Whether (and how) the search stops now that ``trial`` has ended."""
         threshold = self._loss_threshold
-        if threshold is not None and self.best_loss < threshold:
-            logger.info("fmin reached the loss threshold (%s < %s).", self.best_loss, threshold)
-            return True
-        succeeded = trial["state"] == base.JOB_STATE_DONE and trial["result"].get("status") == base.STATUS_OK
-        if self._early_stop_fn is None or not succeeded:
-            return False
-        stop, args = self._early_stop_fn(self._view, *self._early_stop_args)
-        self._early_stop_args = list(args)
-        return bool(stop)
+        if threshold is not None and self.best_loss < threshold and not self._threshold_reached:
+            self._threshold_reached = True
+            logger.info(
+                "fmin reached the loss threshold (%s < %s): no new trial is started; the trials "
+                "in flight finish.", self.best_loss, threshold,
+            )  # fmt: skip
+        if self._early_stop_fn is not None and _succeeded(trial):
+            stop, args = self._early_stop_fn(self._view, *self._early_stop_args)
+            self._early_stop_args = list(args)
+            if stop:
+                return Stop.EARLY_STOP_FN
+        return Stop.LOSS_THRESHOLD if self._threshold_reached else None
+
+
+def _succeeded(trial: dict[str, Any]) -> bool:
+    """DONE with status ``ok``: what SparkTrials' dispatcher counts before it asks
+    ``early_stop_fn`` again."""
+    return trial["state"] == base.JOB_STATE_DONE and trial["result"].get("status") == base.STATUS_OK

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -192,12 +193,6 @@ class ConnectTrials(Trials):
         )  # fmt: skip
         return trials
 
-    def __len__(self) -> int:
-        """Every trial held, cancelled and failed ones included: what ``max_evals`` counts, so
-        that ``fmin(..., max_evals=len(trials) + 3)`` runs 3 more trials whatever ended the last
-        fmin (``trials.trials`` still lists hyperopt's valid ones: NEW, RUNNING and DONE)."""
-        return len(self._dynamic_trials)
-
     def __str__(self) -> str:
         return f"ConnectTrials(trials={self.trials})"
 
@@ -278,6 +273,7 @@ class ConnectTrials(Trials):
         self._fmin_cancelled_reason = None
         if trials_save_file:
             self._resume_from_file(trials_save_file)
+        self._seed(arguments.points_given_to_hyperopt_fmin(sys._getframe(1)))
         objective_blob = job.pickle_objective(fn)
         domain = base.Domain(fn, space, pass_expr_memo_ctrl=None)
         self._last_fmin = _LastFmin(objective_blob, domain)
@@ -287,6 +283,30 @@ class ConnectTrials(Trials):
                 trials_save_file).run(spark)  # fmt: skip
         self.refresh()
         return _fmin_return_value(self, space, return_argmin)
+
+    def _seed(self, points: list[dict[str, Any]] | None) -> None:
+        """``fmin(points_to_evaluate=...)``: hyperopt drops them when a trials object is
+        given; here they seed a new search as they seed hyperopt's own (``trials=None``):
+        evaluated first, on top of ``max_evals``. A search that already holds trials (a
+        second fmin, a resume) ignores them, as hyperopt does when it resumes a save file."""
+        if not points:
+            return
+        if self._dynamic_trials:
+            logger.warning(
+                "points_to_evaluate is ignored: these trials already hold %d trials, and only a new "
+                "search is seeded with it (as hyperopt ignores it when it resumes a trials_save_file). "
+                "To evaluate more points, run another fmin on new trials, or insert NEW trial "
+                "documents with fresh tids (trials.new_trial_ids) before fmin.",
+                len(self._dynamic_trials),
+            )
+            return
+        from hyperopt.fmin import generate_trials_to_calculate
+
+        seeds = generate_trials_to_calculate(points)
+        # Not refreshed, as hyperopt's generate_trials_to_calculate leaves them: len(trials) is
+        # as of the last refresh, so the seeds come on top of max_evals.
+        self.insert_trial_docs(seeds._dynamic_trials)
+        logger.info("fmin evaluates the %d points_to_evaluate first.", len(points))
 
     def _resume_from_file(self, path: str) -> None:
         """hyperopt's ``trials_save_file``: continue the search saved in ``path`` (when these

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import queue
 import sys
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
 from hyperopt import base, hp, rand
+from hyperopt.early_stop import no_progress_loss
 
 from connect_trials import job
 from connect_trials.errors import ClusterUnavailableError
 from connect_trials.job import OutcomeKind
+from connect_trials.reconnect import Recovered
 from connect_trials.scheduler import SearchLimits, TrialScheduler
 from connect_trials.tracking import FminTracker
 from tests.conftest import captured_log
@@ -428,3 +432,167 @@ def test_the_failure_line_keeps_the_exceptions_message():
     with captured_log() as out:
         scheduler.run()
     assert "trial task 0 failed, exception is ValueError: x is out of range." in out.getvalue()
+
+
+def run_in_thread(scheduler):
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            scheduler.run()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    loop = threading.Thread(target=run, daemon=True)
+    loop.start()
+    return loop, errors
+
+
+def test_loss_threshold_suggests_no_more_and_lets_the_trials_in_flight_finish_done():
+    executor = GatedExecutor()  # trial tid returns the loss float(tid)
+    trials, scheduler = make_scheduler(executor, max_evals=10, parallelism=2, loss_threshold=0.5)
+    loop, errors = run_in_thread(scheduler)
+    assert executor.submitted[0].wait(5) and executor.submitted[1].wait(5)
+    executor.release(0)  # loss 0.0 < 0.5 while trial 1 runs
+    with captured_log() as out:
+        executor.release(1)
+        loop.join(5)
+    assert not loop.is_alive() and not errors
+    assert not executor.submitted[2].is_set()  # nothing suggested after the threshold
+    assert not executor.cancelled.is_set()
+    assert [t["state"] for t in trials._dynamic_trials] == [base.JOB_STATE_DONE] * 2
+    assert trials._fmin_cancelled_reason is None and not trials._fmin_cancelled
+    assert "cancelled" not in out.getvalue()
+
+
+def test_early_stop_fn_sees_the_finished_successes_in_finishing_order_with_the_searchs_counts():
+    seen: list[tuple[list[int], int, int, Any]] = []
+
+    def stop_rule(view, *args):
+        # hyperopt's own no_progress_loss reads the last trial's loss: a running trial's in the
+        # trials object itself (a KeyError under SparkTrials).
+        no_progress_loss(iteration_stop_count=5)(view)
+        running = view.count_by_state_unsynced(base.JOB_STATE_RUNNING)
+        seen.append(([t["tid"] for t in view.trials], view.count_successful_trials(), running,
+                     view.fmin_cancelled_reason))  # fmt: skip
+        return len(seen) >= 2, []
+
+    from connect_trials import ConnectTrials
+
+    executor = GatedExecutor()
+    search = ConnectTrials(debug=True, mlflow_tracking=False)  # its count_*, fmin_cancelled_reason
+    trials, scheduler = make_scheduler(executor, max_evals=10, parallelism=3, early_stop_fn=stop_rule,
+                                       trials=search)  # fmt: skip
+    loop, errors = run_in_thread(scheduler)
+    assert all(executor.submitted[tid].wait(5) for tid in range(3))
+    executor.release(2)
+    assert executor.submitted[3].wait(5), errors
+    executor.release(0)
+    loop.join(5)
+    assert not loop.is_alive() and not errors
+    assert seen == [([2], 1, 2, None), ([2, 0], 2, 2, None)]
+    assert trials._fmin_cancelled_reason == "early stopping condition"
+
+
+def test_early_stop_fn_gets_back_what_it_returned():
+    args_seen: list[tuple[Any, ...]] = []
+
+    def stop_rule(view, *args):
+        args_seen.append(args)
+        return len(args_seen) == 3, [len(args_seen), "more"]
+
+    executor = ReturningExecutor()
+    _, scheduler = make_scheduler(executor, max_evals=10, parallelism=1, early_stop_fn=stop_rule)
+    scheduler.run()
+    assert args_seen == [(), (1, "more"), (2, "more")]
+
+
+def test_seeded_new_trials_run_first_and_count_as_hyperopts_len_counts_them():
+    from hyperopt.fmin import generate_trials_to_calculate
+
+    for refresh, total in ((False, 7), (True, 5)):  # hyperopt 0.3.0's SparkTrials: 7 and 5
+        trials = FakeTrials()
+        trials.insert_trial_docs(generate_trials_to_calculate([{"x": 0.25}, {"x": 0.75}])._dynamic_trials)
+        if refresh:
+            trials.refresh()
+        executor = ReturningExecutor()
+        _, scheduler = make_scheduler(executor, max_evals=5, parallelism=1, trials=trials)
+        scheduler.run()
+        assert executor.submitted[:2] == [0, 1]
+        assert [t["state"] for t in trials._dynamic_trials] == [base.JOB_STATE_DONE] * total
+
+
+class FakeRecovery:
+    """A session that survived each outage (a laptop's lid, a network blip)."""
+
+    generation = 0
+    address = ("localhost", 1)
+
+    def recover(self, timeout):
+        return Recovered(renewed=False)
+
+
+class LosingExecutor(ReturningExecutor):
+    """Each trial's first ``losses`` jobs are lost with the session; then they return."""
+
+    def __init__(self, losses):
+        super().__init__()
+        self.losses = losses
+
+    def run_trial(self, request):
+        if self.submitted.count(request.tid) < self.losses:
+            self.submitted.append(request.tid)
+            return job.TrialOutcome(request.tid, OutcomeKind.UNAVAILABLE, error_type="<class 'X'>",
+                                    error_text="INVALID_HANDLE.OPERATION_ABANDONED")  # fmt: skip
+        return super().run_trial(request)
+
+
+def test_jobs_lost_with_a_surviving_session_run_again_until_max_jobs_lost_then_say_so():
+    from connect_trials.scheduler import MAX_JOBS_LOST
+
+    executor = LosingExecutor(losses=MAX_JOBS_LOST - 1)
+    trials, scheduler = make_scheduler(executor, max_evals=1, parallelism=1)
+    scheduler.recovery = FakeRecovery()
+    scheduler.run()
+    assert executor.submitted == [0] * MAX_JOBS_LOST
+    assert trials._dynamic_trials[0]["state"] == base.JOB_STATE_DONE
+
+    executor = LosingExecutor(losses=MAX_JOBS_LOST)
+    trials, scheduler = make_scheduler(executor, max_evals=1, parallelism=1)
+    scheduler.recovery = FakeRecovery()
+    scheduler.run()
+    assert executor.submitted == [0] * MAX_JOBS_LOST  # not run once more
+    trial = trials._dynamic_trials[0]
+    assert trial["state"] == base.JOB_STATE_ERROR
+    text = trial["misc"]["error"][1]
+    assert f"lost {MAX_JOBS_LOST} times" in text and "did not fail" in text
+    assert "Python worker" not in text
+
+
+class QueueWatch(queue.Queue):
+    """The scheduler's queue of outcomes, telling when a trial's outcome is in it."""
+
+    def __init__(self):
+        super().__init__()
+        self.queued: dict[int, threading.Event] = {i: threading.Event() for i in range(10)}
+
+    def put(self, item, block=True, timeout=None):
+        super().put(item, block, timeout)
+        if isinstance(item, job.TrialOutcome):
+            self.queued[item.tid].set()
+
+
+def test_a_result_received_before_the_server_is_declared_gone_is_kept():
+    executor = GatedExecutor()
+    trials, scheduler = make_scheduler(executor, max_evals=2, parallelism=2)
+    scheduler._completions = completions = QueueWatch()
+    assert scheduler._pending == []
+    scheduler.server_gone("the server refused connections for 120 s")  # first in the queue
+    loop, errors = run_in_thread(scheduler)
+    executor.release(1)
+    assert completions.queued[1].wait(5)  # trial 1's result reached the client, behind the news
+    loop.join(10)
+    assert not loop.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], ClusterUnavailableError)
+    states = {t["tid"]: t["state"] for t in trials._dynamic_trials}
+    assert states == {0: base.JOB_STATE_CANCEL, 1: base.JOB_STATE_DONE}

@@ -33,7 +33,6 @@ def trial_task(
     argument_blob: bytes,
     environ: dict[str, str],
     client_versions: tuple[str, str] | None = None,
-    attempts_lost: int = 0,
 ) -> Callable[[Iterable[Any]], Iterator[Any]]:
     """The ``mapInPandas`` function of one trial on an executor: runs the objective, yields
     one row.
@@ -41,16 +40,14 @@ def trial_task(
     ``objective`` refers to the fmin's payload (see ``objective.ObjectiveRef``, shipped once
     per fmin by ``job.ship_objective``). ``environ`` holds the trial's own, non-secret
     variables. ``client_versions``: the client's Python and pyspark versions, checked before
-    the objective is unpickled (see :func:`run_objective`). ``attempts_lost``: earlier jobs
-    of this trial lost with their server (a restarted driver); they count as attempts."""
+    the objective is unpickled (see :func:`run_objective`)."""
 
     def run(batches: Iterable[Any]) -> Iterator[Any]:
         for _ in batches:  # one empty-ish input row; consume it so Spark sees the input done
             pass
         row = run_objective(
-            objective, argument_blob, environ, host=Host.EXECUTOR, client_versions=client_versions,
-            attempts_lost=attempts_lost,
-        )  # fmt: skip
+            objective, argument_blob, environ, host=Host.EXECUTOR, client_versions=client_versions
+        )
         if row["status"] == STATUS_ATTEMPTS_EXHAUSTED:
             raise TrialRetriedError(row["error_text"])
         yield result_frame(row)
@@ -65,7 +62,6 @@ def run_objective(
     *,
     host: Host = Host.EXECUTOR,
     client_versions: tuple[str, str] | None = None,
-    attempts_lost: int = 0,
 ) -> dict[str, Any]:
     """Call the objective and describe what happened in a row (see ``row.py``).
 
@@ -73,8 +69,9 @@ def run_objective(
     value that does not pickle, even ``KeyboardInterrupt``), the task succeeds and yields
     its row, so Spark retries a trial's task only when its Python worker or executor died
     under it. Such a retry runs the objective again, up to ``MAX_OBJECTIVE_ATTEMPTS``
-    attempts in all, counting the trial's jobs lost with their server (``attempts_lost``); a
-    later one answers ``STATUS_ATTEMPTS_EXHAUSTED``. In the client
+    attempts in all; a later one answers ``STATUS_ATTEMPTS_EXHAUSTED``. (A job lost with its
+    server or session is not evidence against the objective: the client counts those apart,
+    see ``scheduler.MAX_JOBS_LOST``.) In the client
     (``Host.CLIENT``), ``KeyboardInterrupt`` and ``SystemExit`` propagate, after clean-up.
 
     ``client_versions`` (Python, pyspark): a worker whose Python major.minor or pyspark major
@@ -82,7 +79,7 @@ def run_objective(
     versions in ``error_text``. The check rides in every trial's job, so no job of its own is
     needed."""
     started_at = time.time()
-    attempt = attempts_lost + _task_attempt()
+    attempt = _task_attempt()
     row = new_row(attempt)
     mine = _versions()
     if client_versions is not None and _incompatible(client_versions, mine):
@@ -92,11 +89,11 @@ def run_objective(
             status=STATUS_ATTEMPTS_EXHAUSTED,
             error_type=str(TrialRetriedError),
             error_text=(
-                f"this trial was started once more (attempt {attempt}, counting from 0) after "
-                f"{attempt} attempts that ran the objective, whose Python worker, executor or "
-                "Spark Connect server died before the trial ended (os._exit, a segfault, an OOM "
-                "kill, a lost executor, a restarted driver), or that still run (speculative "
-                f"copies). The objective is run at most {MAX_OBJECTIVE_ATTEMPTS} times."
+                f"this trial's task was started once more (attempt {attempt}, counting from 0) "
+                f"after {attempt} attempts that ran the objective, whose Python worker or "
+                "executor died before the trial ended (os._exit, a segfault, an OOM kill, a lost "
+                "executor), or that still run (speculative copies). The objective is run at most "
+                f"{MAX_OBJECTIVE_ATTEMPTS} times."
             ),
         )
     else:
