@@ -4,7 +4,10 @@ One place starts and stops servers. :class:`LocalConnectServer` runs the wheel's
 ``sbin/start-connect-server.sh --wait`` in a session of its own (so a ``timeout`` or a
 Ctrl-C around the caller does not take it down), on a free loopback port, with logs, pid
 file and Spark's scratch space under a state folder. It is stopped through its own
-process group, never by name.
+process group, never by name. A start that fails or is interrupted (Ctrl-C included) stops
+what it spawned before the error propagates. A pid read back from a state folder is signalled
+only if it is still the process that was spawned (its start time, from /proc, is recorded
+with it): after a reboot, or once the server is gone, the pid may be a stranger's.
 
     with LocalConnectServer(master="local[2]") as server:
         spark = SparkSession.builder.remote(server.url).getOrCreate()
@@ -13,6 +16,7 @@ process group, never by name.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
@@ -50,6 +54,10 @@ _UI_CONF = {
 _MASTER_CONF = {"spark.master.rest.enabled": "false"}
 _STARTUP_TIMEOUT_S = 180.0
 _STOP_TIMEOUT_S = 20.0
+# Where a process's start time can be read; elsewhere a recorded pid is trusted as it stands.
+_PROC = Path("/proc")
+
+logger = logging.getLogger("connect_trials")
 
 
 class ServerError(RuntimeError):
@@ -145,6 +153,49 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][:1] != "Z"
     except OSError:
         return True
+
+
+def _process_identity(pid: int) -> str | None:
+    """Which process ``pid`` is: this boot's id and the process's start time (clock ticks
+    since boot, /proc/<pid>/stat field 22). A pid is reused once its process is gone, and
+    after a reboot; this pair is not. None where /proc cannot tell (not Linux, or gone)."""
+    try:
+        boot = (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+        # The command name (field 2) may hold spaces and parentheses: fields follow its last ")".
+        fields = (_PROC / str(pid) / "stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return f"{boot}:{fields[19]}"
+
+
+def _is_ours(pid: int, identity: str | None) -> bool:
+    """Whether ``pid`` is still the process recorded with ``identity`` when it was spawned."""
+    if identity is None:
+        # Recorded where no start time could be read: trusted only where none can be read now
+        # either (not Linux); on Linux it is a record of an older version, which cannot be checked.
+        return not _PROC.is_dir()
+    return _process_identity(pid) == identity
+
+
+def _recorded_and_ours(pids: list[int], identities: list[str | None], record: Path) -> list[int]:
+    """The pids of ``record`` whose process still runs and is the one that was spawned. Each
+    other live pid belongs to a stranger now (or cannot be checked): it is never signalled,
+    and the user hears of it."""
+    ours = []
+    for pid, identity in zip(pids, identities, strict=True):
+        if not _alive(pid):
+            continue
+        if _is_ours(pid, identity):
+            ours.append(pid)
+            continue
+        if identity is None:
+            why = "was recorded without a start time (by an older version): it may be a stranger's"
+            hint = f"; if it is our server, stop it with: kill -- -{pid}"
+        else:
+            why = "is not the process started there (that one is gone, its pid reused, e.g. after a reboot)"
+            hint = ""
+        logger.warning("pid %d in %s %s: forgot the record, signalled nothing%s", pid, record, why, hint)
+    return ours
 
 
 class _OwnedServer:
@@ -290,50 +341,56 @@ class LocalConnectServer(_OwnedServer):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         if not (keep_token and self.token):
             self.token = new_token(self.state_dir)
-        log = open(self.log_path, "ab")
         try:
-            self._proc = subprocess.Popen(
-                self._command(),
-                # A working directory inside a hidden folder would keep it readable.
-                cwd=self.state_dir if self.hide else None,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self._environment(),
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-        self._info_path.write_text(
-            json.dumps({"pid": self._proc.pid, "port": self.port, "master": self.master})
-        )
-        deadline = time.monotonic() + timeout
+            with open(self.log_path, "ab") as log:
+                self._proc = subprocess.Popen(
+                    self._command(),
+                    # A working directory inside a hidden folder would keep it readable.
+                    cwd=self.state_dir if self.hide else None,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self._environment(),
+                    start_new_session=True,
+                )
+            pid = self._proc.pid
+            self._info_path.write_text(json.dumps(
+                {"pid": pid, "started": _process_identity(pid), "port": self.port, "master": self.master}
+            ))  # fmt: skip
+            self._wait_until_ready(self._proc, time.monotonic() + timeout, timeout)
+        except BaseException:
+            # Ctrl-C during the 10-30 s start included: nothing started here outlives the error.
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_ready(self, proc: subprocess.Popen[bytes], deadline: float, timeout: float) -> None:
         # The JVM gives no readiness signal but its open port: look at it until it answers.
         while not _port_open(self.port):
-            if self._proc.poll() is not None:
-                self._forget()
+            if proc.poll() is not None:
                 raise ServerError(
-                    f"the Spark Connect server exited with code {self._proc.returncode} "
+                    f"the Spark Connect server exited with code {proc.returncode} "
                     f"before opening port {self.port}; see {self.log_path}"
                 )
             if time.monotonic() > deadline:
-                self.stop()
                 raise ServerError(
                     f"the Spark Connect server did not open port {self.port} within "
                     f"{timeout:.0f} s; see {self.log_path}"
                 )
             time.sleep(0.2)
-        return self
 
     def stop(self) -> None:
-        """Stop the server started from this state folder, if it runs."""
-        info = read_server_info(self.state_dir)
-        pid = self._proc.pid if self._proc is not None else info.pid if info else None
-        if pid is not None:
-            _terminate_group(pid)
+        """Stop the server started from this state folder, if it runs: the one this object
+        spawned, or else the one its state folder records, if that pid is still ours."""
         if self._proc is not None:
+            # Not reaped yet, so its pid cannot have been reused.
+            _terminate_group(self._proc.pid)
             self._proc.wait()
             self._proc = None
+        else:
+            info = read_server_info(self.state_dir)
+            if info is not None:
+                _terminate_group(info.pid)
         self._forget()
 
     def _forget(self) -> None:
@@ -361,6 +418,8 @@ def _group_alive(pgid: int) -> bool:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
+    if not _PROC.is_dir():
+        return True  # no way to tell its zombies from its live members
     return any(_alive(pid) for pid in _group_members(pgid))
 
 
@@ -380,7 +439,8 @@ def _group_members(pgid: int) -> list[int]:
 
 
 def read_server_info(state_dir: str | os.PathLike[str] | None = None) -> ServerInfo | None:
-    """The server recorded in ``state_dir`` if its process still runs, else None."""
+    """The server recorded in ``state_dir`` if its process still runs, else None (and the
+    record is forgotten). A recorded pid that is now a stranger's counts as gone (logged)."""
     path = Path(state_dir or DEFAULT_STATE_DIR / "server") / "server.json"
     try:
         data = json.loads(path.read_text())
@@ -390,7 +450,7 @@ def read_server_info(state_dir: str | os.PathLike[str] | None = None) -> ServerI
         pid=int(data["pid"]), port=int(data["port"]), master=str(data["master"]),
         token=read_token(Path(state_dir or DEFAULT_STATE_DIR / "server")),
     )  # fmt: skip
-    if not _alive(info.pid):
+    if not _recorded_and_ours([info.pid], [data.get("started")], path):
         path.unlink(missing_ok=True)
         return None
     return info
@@ -431,22 +491,26 @@ class LocalMlflowServer(_OwnedServer):
         # The job runner (huey consumers) doubles the start-up time and is not needed here.
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                command,
-                cwd=self.state_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while not self._healthy():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise ServerError(f"mlflow server did not start; see {self.log_path}")
-            time.sleep(0.2)  # a process coming up: nothing to be notified by
+        try:
+            with open(self.log_path, "ab") as log:
+                self._proc = subprocess.Popen(
+                    command,
+                    cwd=self.state_dir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            deadline = time.monotonic() + timeout
+            while not self._healthy():
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    raise ServerError(f"mlflow server did not start; see {self.log_path}")
+                time.sleep(0.2)  # a process coming up: nothing to be notified by
+        except BaseException:
+            # Ctrl-C included: the server (and its workers, in its group) goes with the error.
+            self.stop()
+            raise
         return self
 
     def _healthy(self) -> bool:
@@ -567,23 +631,33 @@ class LocalCluster(_OwnedServer):
                 )  # fmt: skip
             self._wait(lambda: self.alive_workers() >= self.workers, deadline, "workers")
             self.server.start(timeout=max(deadline - time.monotonic(), 1.0))
+            pids = [p.pid for p in self._procs]
+            record = {
+                "pids": pids, "started": [_process_identity(pid) for pid in pids], "port": self.port,
+                "webui_port": self.webui_port, "workers": self.workers, "cores": self.cores,
+            }  # fmt: skip
+            self._info_path.write_text(json.dumps(record))
         except BaseException:
+            # Ctrl-C included: master, workers and server go with the error.
             self.stop()
             raise
-        self._info_path.write_text(json.dumps({"pids": [p.pid for p in self._procs], "port": self.port,
-                                               "webui_port": self.webui_port, "workers": self.workers,
-                                               "cores": self.cores}))  # fmt: skip
         return self
 
     def stop(self) -> None:
+        """Stop the cluster: the processes this object spawned, or else those its state folder
+        records that are still ours."""
         self.server.stop()
-        info = read_cluster_info(self.state_dir)
-        pids = [p.pid for p in self._procs] or (info or {}).get("pids", [])
-        for pid in reversed(pids):
-            _terminate_group(pid)
-        for proc in self._procs:
-            proc.wait()
-        self._procs.clear()
+        if self._procs:
+            for proc in reversed(self._procs):
+                _terminate_group(proc.pid)  # not reaped yet: their pids cannot have been reused
+            for proc in self._procs:
+                proc.wait()
+            self._procs.clear()
+        else:
+            info = read_cluster_info(self.state_dir)
+            if info is not None:
+                for pid in reversed(_recorded_and_ours(*_recorded_processes(info), self._info_path)):
+                    _terminate_group(pid)
         self._info_path.unlink(missing_ok=True)
 
     def alive_workers(self) -> int:
@@ -632,16 +706,25 @@ class LocalCluster(_OwnedServer):
 
 
 def read_cluster_info(state_dir: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
-    """What a running cluster left in ``state_dir``, if its master still runs."""
+    """What a running cluster left in ``state_dir``, if its master still runs and is ours
+    (else the record is forgotten)."""
     path = Path(state_dir or DEFAULT_STATE_DIR / "cluster") / "cluster.json"
     try:
         data: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not data.get("pids") or not _alive(int(data["pids"][0])):
+    pids, identities = _recorded_processes(data)
+    if not pids or not _recorded_and_ours(pids[:1], identities[:1], path):
         path.unlink(missing_ok=True)
         return None
     return data
+
+
+def _recorded_processes(data: dict[str, Any]) -> tuple[list[int], list[str | None]]:
+    """A cluster record's pids (the master's first) and their start times (None if unknown)."""
+    pids = [int(pid) for pid in data.get("pids") or []]
+    identities = list(data.get("started") or [])
+    return pids, identities + [None] * (len(pids) - len(identities))
 
 
 def _executor_memory(worker_memory: str) -> str:
