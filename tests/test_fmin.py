@@ -290,3 +290,36 @@ def test_two_concurrent_fmins_on_one_session_both_finish_and_leave_its_retry_pol
     assert not errors
     assert [results[seed].count_successful_trials() for seed in (1, 2)] == [3, 3]
     assert spark.client.get_retry_policies() == policies_before
+
+
+def test_points_to_evaluate_seed_a_new_search_as_they_seed_hyperopts_own(spark):
+    from hyperopt.fmin import generate_trials_to_calculate
+
+    def evaluated(trials):
+        return [t["misc"]["vals"]["x"][0] for t in trials._dynamic_trials]
+
+    def search(trials, max_evals, **kwargs):
+        fmin(lambda x: x**2, hp.uniform("x", -5, 5), rand.suggest, max_evals=max_evals, trials=trials,
+             rstate=np.random.default_rng(1), show_progressbar=False, **kwargs)  # fmt: skip
+
+    points = [{"x": 0.5}, {"x": -1.5}]
+    # hyperopt's fmin(trials=None, points_to_evaluate=points) seeds its search this way.
+    reference = generate_trials_to_calculate(points)
+    search(reference, 4)
+    trials = ConnectTrials(parallelism=2, spark_session=spark, mlflow_tracking=False)
+    search(trials, 4, points_to_evaluate=points)
+    assert evaluated(trials) == evaluated(reference)  # the points first, then the same suggestions
+    assert len(trials) == len(reference) == 6
+
+    with captured_log() as out:  # a search that holds trials is not seeded again
+        search(trials, 7, points_to_evaluate=points)
+    assert "points_to_evaluate is ignored" in out.getvalue()
+    assert len(trials) == 7 and evaluated(trials).count(0.5) == 1
+
+
+def test_points_to_evaluate_that_are_not_a_list_of_dicts_are_refused_before_any_job(spark):
+    trials = ConnectTrials(parallelism=1, spark_session=spark, mlflow_tracking=False)
+    with pytest.raises(TypeError, match="points_to_evaluate must be a list of dicts"):
+        fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, max_evals=2, trials=trials,
+             points_to_evaluate={"x": 0.5})  # fmt: skip
+    assert len(trials._dynamic_trials) == 0

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _start(*args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYSPARK_PYTHON": sys.executable}
     env.pop("SPARK_REMOTE", None)
+    env.pop("SPARK_CONNECT_MODE_ENABLED", None)  # set by this process's own Connect session
     return subprocess.Popen(
         [sys.executable, "-m", "integration.hyperopt_reference", *args],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
