@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -117,11 +116,15 @@ class FminRun:
         else:
             executor = executor_on(spark)
         path = self.trials_save_file
-        # Appended to when it holds these trials already; else a fresh snapshot, as hyperopt's.
-        append = bool(path) and getattr(trials, "_saved_to", None) == path and os.path.exists(path)
+        # Appended to when it is the file these trials were last saved to (or resumed from), as
+        # they left it; else a fresh snapshot of them, as hyperopt's.
+        saved_to = getattr(trials, "_saved_to", None)
+        append = bool(path) and saved_to is not None and saved_to == resume.file_identity(path)
         journal = self.journal = resume.SaveJournal(path, append=append) if path else None
         total = None if self.call.unlimited else self.call.max_evals
-        with trial_progress(self.progress_callback, initial=0, total=total) as progress:
+        # hyperopt's bar starts at the trials DONE already (FMinIter.run's initial), of max_evals.
+        done = trials.count_by_state_unsynced(base.JOB_STATE_DONE)
+        with trial_progress(self.progress_callback, initial=done, total=total) as progress:
             self.scheduler = TrialScheduler(
                 trials=trials, domain=self.domain, algo=self.call.algo, rstate=self.call.rstate,
                 executor=executor, parallelism=trials.parallelism, limits=self.limits, tracker=tracker,
@@ -154,7 +157,8 @@ class FminRun:
             journal.close(trials, compact=not moved)
         except Exception as exc:  # noqa: BLE001 - the journal as written is a valid save file
             logger.warning("could not compact the trials_save_file %s: %s", journal.path, one_line(exc))
-        trials._saved_to = journal.path
+        if journal.holds_trials:  # else the file is as this fmin found it: not known to be ours
+            trials._saved_to = resume.file_identity(journal.path)
 
     def _server_refused(self, detail: str) -> None:
         if self.scheduler is not None:

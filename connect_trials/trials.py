@@ -110,7 +110,9 @@ class ConnectTrials(Trials):
         self._last_fmin: _LastFmin | None = None
         self._resume_parent_run_id: str | None = None
         self._resume_fmin_uuid: str | None = None
-        self._saved_to: str | None = None  # the trials_save_file that holds every trial here
+        # resume.file_identity of the trials_save_file that holds every trial here, as this
+        # object left it: only that file is appended to.
+        self._saved_to: str | None = None
         self.refresh()
 
     # -- pickling (trials_save_file): sessions do not pickle, and die with their process --------
@@ -180,7 +182,7 @@ class ConnectTrials(Trials):
         chosen, runs = fmin_child_runs(client, parent_run_id, fmin_uuid)
         trials = cls(spark_session=spark_session, **kwargs)
         runs = end_orphaned_runs(client, runs)
-        resume.insert_finished(trials, resume.trial_docs_from_runs(trials, runs))
+        resume.insert_finished(trials, resume.trial_docs_from_runs(trials, runs, client))
         # New trials take tids after every trial of the search, cancelled ones too: a tid names
         # one child run of its fmin_uuid.
         top = max((int(r.data.tags["trial_tid"]) for r in runs), default=-1)
@@ -227,6 +229,9 @@ class ConnectTrials(Trials):
         """Reset the trials to their initial state."""
         super().delete_all()
         self._saved_to = None  # the save file holds trials these no longer do
+        # A new search: the next fmin makes its own parent run, never adds to the old one.
+        self._resume_parent_run_id = None
+        self._resume_fmin_uuid = None
         self._fmin_cancelled = False
         self._fmin_cancelled_reason = None
 
@@ -320,9 +325,9 @@ class ConnectTrials(Trials):
             )
         resume.adopt(self, saved)
         OutputBudget(self, kept_in=f"the trials_save_file {path}")  # beyond the budget: in the file only
-        # The file holds every trial adopted: this fmin appends to it (unless its last record
-        # is partial, which a fresh snapshot replaces).
-        self._saved_to = path if ends_cleanly else None
+        # The file holds every trial adopted: this fmin appends to it, if no one writes it
+        # first (unless its last record is partial, which a fresh snapshot replaces).
+        self._saved_to = resume.file_identity(path) if ends_cleanly else None
         if self._resume_parent_run_id is None:
             self._resume_parent_run_id = getattr(saved, "_resume_parent_run_id", None)
             self._resume_fmin_uuid = getattr(saved, "_resume_fmin_uuid", None)

@@ -13,8 +13,9 @@ tracking records, under the same names, so existing dashboards and queries keep 
                number of finished trials as its step)
     child run per trial ("trial-<tid>")
       tags     mlflow.parentRunId, fmin_uuid, runSource, trial_tid, hyperopt_vals (at its
-               start), trial_status (success / failure / cancelled) and attempts (Spark task
-               attempts, when the engine reports them) at its end;
+               start), trial_status (success / failure / cancelled), attempts (Spark task
+               attempts, when the engine reports them) and, for a DONE trial,
+               hyperopt_result (its status and loss as returned, JSON) at its end;
                failures also error_type, error_message and the artifact error_traceback.txt
       params   the values the objective received (see ``hyperparameters``), written when
                the trial ends and only under names the run does not hold yet: what the

@@ -9,7 +9,7 @@ from typing import Any
 
 from connect_trials.errors import last_line
 from connect_trials.tracking.hyperparameters import truncated
-from connect_trials.tracking.outcome import ChildOutcome, RunStatus, TrialStatus
+from connect_trials.tracking.outcome import RESULT_TAG, ChildOutcome, RunStatus, TrialStatus
 from connect_trials.tracking.uris import redacted_text
 
 RUN_SOURCE = "hyperoptAutoTracking"
@@ -81,6 +81,8 @@ class MlflowRuns:
         tags = {"trial_status": outcome.trial_status.value}
         if outcome.attempts is not None:
             tags["attempts"] = str(outcome.attempts)
+        if outcome.result is not None:
+            tags[RESULT_TAG] = outcome.result
         if outcome.trial_status is TrialStatus.FAILURE and outcome.error_type:
             tags["error_type"] = truncated(outcome.error_type)
             tags["error_message"] = truncated(redacted_text(last_line(outcome.error_text)))

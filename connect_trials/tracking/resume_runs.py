@@ -82,3 +82,23 @@ def end_orphaned_runs(client: Any, runs: list[Any]) -> list[Any]:
         client.update_run(run.info.run_id, status=status)
         current.append(client.get_run(run.info.run_id))
     return current
+
+
+def tracker_loss(run: Any, client: Any = None) -> float | None:
+    """The ``loss`` our tracker logged on a child run written before ``RESULT_TAG`` existed: once,
+    at step 0, at the run's end. The run's latest ``loss`` (``run.data.metrics``) is the
+    objective's own when it logged ``loss`` at later steps (Keras autolog, per epoch): only then
+    is the metric's history read (one request), and of its step-0 values the last written is
+    ours (it follows the objective's by the time the trial took to end; a worker clock ahead
+    of the client's by more than that would still mislead). None: no ``loss`` at step 0."""
+    metrics = getattr(run.data, "_metric_objs", None)  # private (mlflow 2.x-3.18): with steps
+    latest = None if metrics is None else next((m for m in metrics if m.key == "loss"), None)
+    if latest is None or latest.step == 0:
+        value = run.data.metrics.get("loss")
+        return None if value is None else float(value)
+    if client is None:
+        from mlflow import MlflowClient
+
+        client = MlflowClient()
+    at_zero = [m for m in client.get_metric_history(run.info.run_id, "loss") if m.step == 0]
+    return float(max(at_zero, key=lambda m: m.timestamp).value) if at_zero else None
