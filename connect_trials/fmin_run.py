@@ -20,11 +20,12 @@ from hyperopt import base
 
 from connect_trials import job, resume
 from connect_trials.arguments import FminCall
+from connect_trials.cancellation import FMIN_CANCELLED_REASON_USER, FminCancellation
 from connect_trials.errors import one_line
 from connect_trials.inline import InlineExecutor
 from connect_trials.progress import trial_progress
 from connect_trials.reconnect import SessionRecovery
-from connect_trials.scheduler import FMIN_CANCELLED_REASON_USER, SearchLimits, TrialScheduler
+from connect_trials.scheduler import SearchLimits, TrialScheduler, record_cancelled
 from connect_trials.session import CONNECT, ServerWatch, session_kind, watched
 from connect_trials.tracking import FminSettings, FminTracker, create_tracker
 
@@ -64,6 +65,7 @@ class FminRun:
             deadline=None if trials.timeout is None else call.called_at + trials.timeout,
         )
         self.scheduler: TrialScheduler | None = None
+        self.cancellation = FminCancellation(lambda reason: record_cancelled(trials, reason))
         self.journal: resume.SaveJournal | None = None
 
     def run(self, spark: Any) -> None:
@@ -81,9 +83,8 @@ class FminRun:
                 self._start_and_run(spark, tracker, watch)
         except BaseException as exc:
             error = exc
-            if isinstance(exc, KeyboardInterrupt):
-                trials._fmin_cancelled = True
-                trials._fmin_cancelled_reason = FMIN_CANCELLED_REASON_USER
+            if isinstance(exc, KeyboardInterrupt):  # also before the trials' loop began
+                self.cancellation.cancel(FMIN_CANCELLED_REASON_USER)
             raise
         finally:
             tracker.fmin_finished(trials, error)
@@ -132,6 +133,7 @@ class FminRun:
                 after_trial=(lambda t: journal.trial_ended(trials, t)) if journal else (lambda t: None),
                 recovery=recovery, reconnect_timeout=trials.reconnect_timeout,
                 output_kept_in=_output_kept_in(tracker, self.trials_save_file),
+                cancellation=self.cancellation,
             )  # fmt: skip
             try:
                 self.scheduler.run()

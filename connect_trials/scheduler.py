@@ -24,6 +24,9 @@ trial whose job was lost ``MAX_JOBS_LOST`` times ends ERROR and says so. Nothing
 server does not answer; once it does, ``SessionRecovery`` goes on with the same session or a
 new one, and the queue runs again. An outage that lasts ``reconnect_timeout`` fails fmin with
 ``ClusterUnavailableError``: finished trials are kept, the others end CANCEL.
+
+Two states that many places read have one owner each: ``FminCancellation`` (cancelled? why?
+since when? which late results count) and ``Outages`` (does the server answer? since when?).
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-import math
 import queue
 import threading
 import time
@@ -45,9 +47,16 @@ from hyperopt.utils import coarse_utcnow
 from pyspark import cloudpickle
 
 from connect_trials import job
+from connect_trials.cancellation import (
+    FMIN_CANCELLED_REASON_EARLY_STOPPING,
+    FMIN_CANCELLED_REASON_TIMEOUT,
+    FMIN_CANCELLED_REASON_USER,
+    FminCancellation,
+)
 from connect_trials.compat import ClusterMismatchError
 from connect_trials.errors import ClusterUnavailableError, last_line, one_line
 from connect_trials.job import OutcomeKind
+from connect_trials.outage import Outages
 from connect_trials.outputs import OutputBudget
 from connect_trials.progress import TrialProgress
 from connect_trials.reconnect import SessionRecovery
@@ -65,16 +74,7 @@ from connect_trials.trial_end import (
 
 logger = logging.getLogger("connect_trials")
 
-FMIN_CANCELLED_REASON_EARLY_STOPPING = "early stopping condition"
-FMIN_CANCELLED_REASON_TIMEOUT = "fmin run timeout"
-FMIN_CANCELLED_REASON_USER = "fmin run cancelled by user"
-
-# After a cancellation, how long the loop waits for interrupted jobs to report back
-# (interruptTag makes a blocked collect() raise within about 0.2 s).
-_CANCEL_GRACE_S = 5.0
 _SIGNAL_SLICE_S = 0.5
-# During an outage, how often the loop asks whether the server is back.
-_RECOVER_EVERY_S = 1.0
 # Jobs of one trial that may be lost with their server or session before the trial ends ERROR:
 # bounds a trial whose own job brings its driver down (a huge result, say) every time.
 MAX_JOBS_LOST = 3
@@ -92,16 +92,6 @@ class ServerNews(enum.Enum):
 class ServerEvent:
     news: ServerNews
     detail: str = ""
-
-
-@dataclass
-class _Outage:
-    """The server stopped answering (or a trial's job was lost with it)."""
-
-    reason: str
-    since: float = dataclasses.field(default_factory=time.monotonic)  # time.monotonic()
-    since_wall: float = dataclasses.field(default_factory=time.time)
-    warned: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,6 +122,7 @@ class TrialScheduler:
         recovery: SessionRecovery | None = None,
         reconnect_timeout: float = SERVER_GONE_AFTER_S,
         output_kept_in: str = "",
+        cancellation: FminCancellation | None = None,
     ) -> None:
         self.trials = trials
         self.domain = domain
@@ -143,13 +134,12 @@ class TrialScheduler:
         self.tracker = tracker
         self.progress = progress
         self.after_trial = after_trial  # e.g. append the trial to the trials_save_file
-        # Connect sessions only: the executor across server restarts (None: an outage fails fmin).
-        self.recovery = recovery
-        self.reconnect_timeout = reconnect_timeout
-        self._outage: _Outage | None = None
-        self._next_recovery_at = 0.0
+        # Connect sessions only: outages are waited out across server restarts (None: an
+        # outage fails fmin).
+        self.outages = None if recovery is None else Outages(recovery, reconnect_timeout, progress.note)
+        self.cancellation = cancellation or FminCancellation(lambda reason: record_cancelled(trials, reason))
+        self.cancellation.interrupt_jobs = executor.cancel_all
         self._jobs_lost: dict[int, int] = {}  # tid -> its jobs lost with their server or session
-        self._generation_of: dict[int, int] = {}  # tid -> the session generation it runs on
         self._n_failed = 0
         self._warnings_shown: set[str] = set()  # the workers' warnings, each logged once per fmin
         self._completions: queue.Queue[job.TrialOutcome | ServerEvent] = queue.Queue()
@@ -171,8 +161,6 @@ class TrialScheduler:
             trials, [t for t in trials._dynamic_trials if t["state"] == base.JOB_STATE_DONE],
             limits.loss_threshold, limits.early_stop_fn,
         )  # fmt: skip
-        self._cancelled_at = math.inf  # time.monotonic() when the first cancellation was issued
-        self._settle_grace_s = _CANCEL_GRACE_S
         self.outputs = OutputBudget(trials, output_kept_in)
 
     # -- the loop ---------------------------------------------------------------------------
@@ -181,23 +169,25 @@ class TrialScheduler:
             while True:
                 self._fill_slots()
                 if self._deadline_passed():
-                    self._cancel(FMIN_CANCELLED_REASON_TIMEOUT)
+                    self.cancellation.cancel(FMIN_CANCELLED_REASON_TIMEOUT)
                     break
-                if not self._running and (self._outage is None or not self._more_to_run()):
+                if not self._running and not (self._in_outage() and self._more_to_run()):
                     break
                 item = self._next_item(self.limits.deadline)
                 if item is None:
-                    self._cancel(FMIN_CANCELLED_REASON_TIMEOUT)
+                    self.cancellation.cancel(FMIN_CANCELLED_REASON_TIMEOUT)
                     break
                 if self._route(item):
                     break
         except KeyboardInterrupt:
-            self._cancel(FMIN_CANCELLED_REASON_USER)
+            self.cancellation.cancel(FMIN_CANCELLED_REASON_USER)
             raise
-        except BaseException:
+        except BaseException as exc:
             # The server is gone, or the algorithm or early_stop_fn raised: nothing may run on
             # without its fmin.
-            self._interrupt_running()
+            if isinstance(exc, ClusterUnavailableError):
+                self.cancellation.server_gone()
+            self.cancellation.interrupt()
             raise
         finally:
             self._settle()
@@ -206,9 +196,9 @@ class TrialScheduler:
         """The next outcome or watchdog news, None at the deadline, or a ``ServerEvent`` of
         the loop's own once an outage is over. Returns the moment one arrives; the wait is
         cut into slices so that a Ctrl-C reaches the main thread even when the signal lands
-        on another thread, and so that an outage is looked at every ``_RECOVER_EVERY_S``."""
+        on another thread, and so that an outage is looked at every slice."""
         while True:
-            if self._outage is not None and self._outage_over():
+            if self._in_outage() and self._outage_over():
                 return ServerEvent(ServerNews.ANSWERED, "recovered")
             remaining = _remaining(deadline)
             if remaining == 0.0:
@@ -238,7 +228,7 @@ class TrialScheduler:
         """Submit trials while slots are free; never once the fmin is cancelled or its
         deadline has passed (points that fail before launch would loop here otherwise)."""
         while len(self._running) < self.parallelism:
-            if self.trials._fmin_cancelled or self._deadline_passed() or self._outage is not None:
+            if self.cancellation.cancelled or self._deadline_passed() or self._in_outage():
                 return
             if not self._pending and not self._suggest():
                 return
@@ -284,8 +274,8 @@ class TrialScheduler:
             # breakpoints and pdb's prompt work; one trial at a time.
             self._run_trial(trial, argument, argument_blob)
             return
-        if self.recovery is not None:
-            self._generation_of[tid] = self.recovery.generation
+        if self.outages is not None:
+            self.outages.submitting(tid)
         thread = threading.Thread(
             target=self._run_trial, args=(trial, argument, argument_blob), name=f"connect-trials-trial-{tid}",
             daemon=True,
@@ -300,7 +290,7 @@ class TrialScheduler:
         try:
             environ = self.tracker.trial_started(trial, argument)
             # The tracking may have outlasted the fmin: then nothing is launched.
-            if not (self.trials._fmin_cancelled or self._deadline_passed()):
+            if not (self.cancellation.cancelled or self._deadline_passed()):
                 request = job.TrialRequest(tid, argument_blob, environ)
                 outcome = self.executor.run_trial(request)
         except BaseException as exc:
@@ -324,7 +314,7 @@ class TrialScheduler:
         trial = self._running.get(outcome.tid)
         if trial is None:
             return False  # its trial has ended already
-        if outcome.kind is OutcomeKind.UNAVAILABLE and self.recovery is not None:
+        if outcome.kind is OutcomeKind.UNAVAILABLE and self.outages is not None:
             self._lost(trial, outcome)
             return False
         self._end_trial(trial, TrialEnd.of(outcome))
@@ -340,7 +330,7 @@ class TrialScheduler:
             )
         stop = self._stop_rules.stop_after(trial)
         if stop is Stop.EARLY_STOP_FN:
-            self._cancel(FMIN_CANCELLED_REASON_EARLY_STOPPING)
+            self.cancellation.cancel(FMIN_CANCELLED_REASON_EARLY_STOPPING)
             return True
         if stop is Stop.LOSS_THRESHOLD:
             # FMinIter leaves its loop and blocks until the trials in flight are done: they
@@ -349,17 +339,26 @@ class TrialScheduler:
         return False
 
     # -- outages ----------------------------------------------------------------------------
+    def _in_outage(self) -> bool:
+        return self.outages is not None and self.outages.active
+
+    def _outage_over(self) -> bool:
+        assert self.outages is not None
+        lost_again = sum(1 for t in self._pending if t["tid"] in self._jobs_lost)
+        return self.outages.over(lost_again=lost_again, in_flight=len(self._running))
+
     def _hear(self, event: ServerEvent) -> None:
         if event.news is ServerNews.GONE:
-            self._settle_grace_s = 0.0  # a dead server reports nothing more
             raise ClusterUnavailableError(
                 f"{event.detail}; fmin stopped. Every finished trial is kept in the trials "
                 "object; the ones that were running are cancelled."
             )
-        if event.news is ServerNews.REFUSED and self.recovery is not None:
-            self._begin_outage(f"it refuses connections ({event.detail})", warn=True)
+        if self.outages is None:
+            return
+        if event.news is ServerNews.REFUSED:
+            self.outages.refused(event.detail, in_flight=len(self._running))
         elif event.news is ServerNews.ANSWERED:
-            self._next_recovery_at = 0.0  # look now
+            self.outages.answered()
 
     def _lost(self, trial: dict[str, Any], outcome: job.TrialOutcome) -> None:
         """A trial's job was lost with its server or session: it runs again once the server
@@ -380,81 +379,8 @@ class TrialScheduler:
                 "keeps its operations), so it is not run again; its objective did not fail (it may "
                 f"not even have started). Last loss:\n{outcome.error_text or ''}",
             ))  # fmt: skip
-        assert self.recovery is not None
-        if self._generation_of.get(tid, 0) < self.recovery.generation:
-            return  # it ran on the session we left: the outage it saw is over
-        if self._outage is None:
-            self._begin_outage(f"a trial's job was lost ({last_line(outcome.error_text)})", warn=False)
-            if not self._outage_over():  # a survived session (a lid, a blip) needs no word
-                self._warn_outage()
-
-    def _begin_outage(self, reason: str, warn: bool) -> None:
-        if self._outage is None:
-            self._outage = _Outage(reason)
-            self._next_recovery_at = 0.0
-        if warn:
-            self._warn_outage()
-
-    def _warn_outage(self) -> None:
-        outage = self._outage
-        if outage is None or outage.warned:
-            return
-        outage.warned = True
-        logger.warning(
-            "the Spark Connect server at %s stopped answering at %s: %s. fmin submits no trial and "
-            "waits up to %.0f s for it to come back, then gives up (reconnect_timeout); Ctrl-C stops "
-            "the search now. %d trial(s) in flight run again if their jobs are lost.",
-            self._where(), time.strftime("%H:%M:%S", time.localtime(outage.since_wall)), outage.reason,
-            self.reconnect_timeout, len(self._running),
-        )  # fmt: skip
-
-    def _outage_over(self) -> bool:
-        """Ask (at most every ``_RECOVER_EVERY_S``) whether the server is back; True once the
-        search may go on. Raises ``ClusterUnavailableError`` once the outage has lasted
-        ``reconnect_timeout``."""
-        outage, recovery = self._outage, self.recovery
-        assert outage is not None and recovery is not None
-        now = time.monotonic()
-        left = outage.since + self.reconnect_timeout - now
-        if left <= 0:
-            self._settle_grace_s = 0.0
-            raise ClusterUnavailableError(
-                f"the Spark Connect server at {self._where()} did not come back within "
-                f"{self.reconnect_timeout:.0f} s (reconnect_timeout) after {outage.reason}; fmin "
-                "stopped. Every finished trial is kept in the trials object; the ones that were "
-                "running are cancelled."
-            )
-        if now < self._next_recovery_at:
-            return False
-        self._next_recovery_at = now + _RECOVER_EVERY_S
-        recovered = recovery.recover(timeout=min(left, _SIGNAL_SLICE_S))
-        if recovered is None:
-            return False
-        waited = time.monotonic() - outage.since
-        self._outage = None
-        # After a restart every trial in flight ran on the old session: it comes back lost.
-        again = sum(1 for t in self._pending if t["tid"] in self._jobs_lost)
-        again += len(self._running) if recovered.renewed else 0
-        if recovered.renewed:
-            text = (
-                f"reconnected to the Spark Connect server at {self._where()} after waiting "
-                f"{waited:.1f} s: it restarted, so the session fmin was given is gone on it; the "
-                f"search goes on in a new session (trials.spark_session). {again} trial(s) run again."
-            )
-            logger.warning(text)
-        else:
-            text = (
-                f"the Spark Connect server at {self._where()} answers again after {waited:.1f} s; "
-                "the session survived."
-            )
-            (logger.warning if outage.warned else logger.debug)(text)
-        if outage.warned or recovered.renewed:
-            self.progress.note(text)
-        return True
-
-    def _where(self) -> str:
-        address = self.recovery.address if self.recovery is not None else None
-        return "its URL" if address is None else f"{address[0]}:{address[1]}"
+        assert self.outages is not None
+        self.outages.job_lost(tid, outcome.error_text, in_flight=len(self._running))
 
     def _end_trial(self, trial: dict[str, Any], end: TrialEnd) -> None:
         """The one way out of a trial, whatever ended it: record the outcome, relay what its
@@ -508,29 +434,12 @@ class TrialScheduler:
                 self._warnings_shown.add(key)
                 logger.warning("trial %s warned on its worker: %s", outcome.tid, redacted_text(message))
 
-    # -- cancellation ----------------------------------------------------------------------
-    def _cancel(self, reason: str) -> None:
-        trials = self.trials
-        if trials._fmin_cancelled:
-            return
-        trials._fmin_cancelled = True
-        trials._fmin_cancelled_reason = reason
-        logger.warning("fmin cancelled because of %s", reason)
-        self._interrupt_running()
-        logger.warning("fmin is cancelled, so new trials will not be launched.")
-
-    def _interrupt_running(self) -> None:
-        """Interrupt the running jobs through the fmin's tag (they end in ``_settle``)."""
-        self._cancelled_at = min(self._cancelled_at, time.monotonic())
-        logger.debug("Cancelling all running jobs of this fmin")
-        # Also with no trial running: a trial thread may be about to submit its job.
-        _call_bounded(self.executor.cancel_all, 2.0)
-
+    # -- the end ---------------------------------------------------------------------------
     def _settle(self) -> None:
         """End every trial still open: wait (bounded) for interrupted jobs to report, so that
         their errors and relayed logging are recorded; a result that reached the client
         before the cancellation counts."""
-        deadline = time.monotonic() + self._settle_grace_s
+        deadline = self.cancellation.settle_deadline()
         while self._running:
             left = _remaining(deadline)
             try:
@@ -544,8 +453,7 @@ class TrialScheduler:
             trial = self._running.get(outcome.tid)
             if trial is None:
                 continue
-            in_time = outcome.received_at is not None and outcome.received_at <= self._cancelled_at
-            counts = in_time and outcome.kind in (OutcomeKind.RETURNED, OutcomeKind.RAISED)
+            counts = self.cancellation.counts(outcome)
             self._end_trial(trial, TrialEnd.of(outcome) if counts else TrialEnd.cancelled(outcome))
         for trial in [*self._running.values(), *self._pending]:
             self._end_trial(trial, TrialEnd.cancelled())
@@ -558,16 +466,8 @@ def _remaining(deadline: float | None) -> float | None:
     return max(deadline - time.monotonic(), 0.0)
 
 
-def _call_bounded(fn: Callable[[], Any], seconds: float) -> None:
-    """Call ``fn`` in a helper thread and give up waiting after ``seconds``: a dead server
-    must not hold up the cancellation of an fmin."""
-
-    def call() -> None:
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001
-            logger.warning("cancelling the fmin's Spark jobs failed: %s", one_line(exc))
-
-    helper = threading.Thread(target=call, name="connect-trials-cancel", daemon=True)
-    helper.start()
-    helper.join(seconds)
+def record_cancelled(trials: Any, reason: str) -> None:
+    """Where hyperopt's SparkTrials keeps a cancellation: scripts read
+    ``trials.fmin_cancelled_reason``."""
+    trials._fmin_cancelled = True
+    trials._fmin_cancelled_reason = reason

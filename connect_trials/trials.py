@@ -43,8 +43,9 @@ class ConnectTrials(Trials):
         both with a warning. Capped at ``MAX_CONCURRENT_JOBS_ALLOWED`` (128).
     :param timeout: seconds fmin may take; then running trials are cancelled, finished ones
         kept, and fmin returns the best so far.
-    :param loss_threshold: stop (and cancel running trials) once a trial's loss is below it.
-        The fmin argument of the same name takes precedence.
+    :param loss_threshold: suggest no more trials once a trial's loss is below it; the trials
+        in flight finish (hyperopt's rule: nothing is cancelled). The fmin argument of the
+        same name takes precedence.
     :param spark_session: a Spark Connect or classic ``SparkSession``; by default the active
         session (as ``SparkTrials()``), else ``SparkSession.builder.getOrCreate()``, which
         honours ``SPARK_REMOTE``.

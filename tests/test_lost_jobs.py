@@ -37,8 +37,7 @@ class LostBeforeStarting:
 
 def test_a_trial_whose_jobs_were_lost_before_its_objective_started_still_runs_it(spark):
     executor = LostBeforeStarting(SparkJobExecutor(spark, "b" * 32, pickle.dumps(abs)), MAX_JOBS_LOST - 1)
-    trials, scheduler = make_scheduler(executor, max_evals=1, parallelism=1)
-    scheduler.recovery = FakeRecovery()
+    trials, scheduler = make_scheduler(executor, max_evals=1, parallelism=1, recovery=FakeRecovery())
     scheduler.run()
     trial = trials._dynamic_trials[0]
     assert executor.requests == [0] * MAX_JOBS_LOST

@@ -65,8 +65,11 @@ class NullProgress:
     def trial_finished(self, best_loss: float, running: int, failed: int) -> None:
         pass
 
+    def note(self, text: str) -> None:
+        pass
 
-def make_scheduler(executor, max_evals=4, parallelism=2, trials=None, timeout=None, **limits):
+
+def make_scheduler(executor, max_evals=4, parallelism=2, trials=None, timeout=None, recovery=None, **limits):
     trials = trials if trials is not None else FakeTrials()
     if timeout is not None:
         limits.setdefault("deadline", time.monotonic() + timeout)
@@ -81,6 +84,7 @@ def make_scheduler(executor, max_evals=4, parallelism=2, trials=None, timeout=No
         limits=SearchLimits(max_evals=max_evals, **limits),
         tracker=FminTracker(),
         progress=NullProgress(),
+        recovery=recovery,
     )
 
 
@@ -451,9 +455,13 @@ def run_in_thread(scheduler):
 def test_loss_threshold_suggests_no_more_and_lets_the_trials_in_flight_finish_done():
     executor = GatedExecutor()  # trial tid returns the loss float(tid)
     trials, scheduler = make_scheduler(executor, max_evals=10, parallelism=2, loss_threshold=0.5)
+    zero_ended = threading.Event()
+    scheduler.tracker = RecordingTracker()
+    scheduler.tracker.trial_finished = lambda trial, best_loss: trial["tid"] == 0 and zero_ended.set()
     loop, errors = run_in_thread(scheduler)
     assert executor.submitted[0].wait(5) and executor.submitted[1].wait(5)
     executor.release(0)  # loss 0.0 < 0.5 while trial 1 runs
+    assert zero_ended.wait(5)
     with captured_log() as out:
         executor.release(1)
         loop.join(5)
@@ -551,15 +559,13 @@ def test_jobs_lost_with_a_surviving_session_run_again_until_max_jobs_lost_then_s
     from connect_trials.scheduler import MAX_JOBS_LOST
 
     executor = LosingExecutor(losses=MAX_JOBS_LOST - 1)
-    trials, scheduler = make_scheduler(executor, max_evals=1, parallelism=1)
-    scheduler.recovery = FakeRecovery()
+    trials, scheduler = make_scheduler(executor, max_evals=1, parallelism=1, recovery=FakeRecovery())
     scheduler.run()
     assert executor.submitted == [0] * MAX_JOBS_LOST
     assert trials._dynamic_trials[0]["state"] == base.JOB_STATE_DONE
 
     executor = LosingExecutor(losses=MAX_JOBS_LOST)
-    trials, scheduler = make_scheduler(executor, max_evals=1, parallelism=1)
-    scheduler.recovery = FakeRecovery()
+    trials, scheduler = make_scheduler(executor, max_evals=1, parallelism=1, recovery=FakeRecovery())
     scheduler.run()
     assert executor.submitted == [0] * MAX_JOBS_LOST  # not run once more
     trial = trials._dynamic_trials[0]
