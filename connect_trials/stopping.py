@@ -1,7 +1,8 @@
 """When a search stops early: ``loss_threshold`` and ``early_stop_fn``, hyperopt's rules.
 
 The two rules end a search differently, as they do under hyperopt's ``SparkTrials``:
-- ``loss_threshold`` is ``FMinIter``'s: once the best loss is below it, no new trial is
+- ``loss_threshold`` is ``FMinIter``'s: once the lowest loss of a DONE trial is below it (its
+  ``trials.losses()``, so a result with status "fail" that carries a loss counts), no new trial is
   suggested, and the trials in flight run to their end (``block_until_done``) and count. The
   search is not cancelled (``fmin_cancelled_reason`` stays ``None``).
 - ``early_stop_fn`` is SparkTrials' dispatcher's: it is called each time one more trial has
@@ -80,21 +81,23 @@ class StopRules:
         self._early_stop_args: list[Any] = []
         self._threshold_reached = False
         self.best_loss = min((ok_loss(t) for t in finished), default=math.inf)
+        self._lowest_loss = min((_any_loss(t) for t in finished), default=math.inf)
         self._view = FinishedTrials(search, [t for t in finished if _succeeded(t)])
 
     def trial_done(self, trial: dict[str, Any]) -> None:
         self.best_loss = min(self.best_loss, ok_loss(trial))
+        self._lowest_loss = min(self._lowest_loss, _any_loss(trial))
         if _succeeded(trial):
             self._view.append(trial)
 
     def stop_after(self, trial: dict[str, Any]) -> Stop | None:
         """Whether (and how) the search stops now that ``trial`` has ended."""
         threshold = self._loss_threshold
-        if threshold is not None and self.best_loss < threshold and not self._threshold_reached:
+        if threshold is not None and self._lowest_loss < threshold and not self._threshold_reached:
             self._threshold_reached = True
             logger.info(
                 "fmin reached the loss threshold (%s < %s): no new trial is started; the trials "
-                "in flight finish.", self.best_loss, threshold,
+                "in flight finish.", self._lowest_loss, threshold,
             )  # fmt: skip
         if self._early_stop_fn is not None and _succeeded(trial):
             stop, args = self._early_stop_fn(self._view, *self._early_stop_args)
@@ -108,3 +111,12 @@ def _succeeded(trial: dict[str, Any]) -> bool:
     """DONE with status ``ok``: what SparkTrials' dispatcher counts before it asks
     ``early_stop_fn`` again."""
     return trial["state"] == base.JOB_STATE_DONE and trial["result"].get("status") == base.STATUS_OK
+
+
+def _any_loss(trial: dict[str, Any]) -> float:
+    """A DONE trial's loss whatever its status, as FMinIter reads ``trials.losses()`` for
+    ``loss_threshold`` (not NaN; inf without one)."""
+    loss = trial["result"].get("loss")
+    if trial["state"] != base.JOB_STATE_DONE or loss is None or math.isnan(loss):
+        return math.inf
+    return float(loss)

@@ -602,3 +602,23 @@ def test_a_result_received_before_the_server_is_declared_gone_is_kept():
     assert len(errors) == 1 and isinstance(errors[0], ClusterUnavailableError)
     states = {t["tid"]: t["state"] for t in trials._dynamic_trials}
     assert states == {0: base.JOB_STATE_CANCEL, 1: base.JOB_STATE_DONE}
+
+
+def test_loss_threshold_counts_a_failed_status_that_carries_a_loss_as_hyperopt_does():
+    from hyperopt import STATUS_FAIL, Trials, fmin
+    from hyperopt.exceptions import AllTrialsFailed
+
+    failed_with_a_loss = {"status": STATUS_FAIL, "loss": -10.0}
+    reference = Trials()
+    with pytest.raises(AllTrialsFailed):  # after it stopped: no trial succeeded
+        fmin(lambda x: failed_with_a_loss, hp.uniform("x", 0, 1), rand.suggest, max_evals=5, trials=reference,
+             loss_threshold=0.0, rstate=np.random.default_rng(0), show_progressbar=False)  # fmt: skip
+
+    class FailingWithALoss(ReturningExecutor):
+        def run_trial(self, request):
+            self.submitted.append(request.tid)
+            return job.TrialOutcome(request.tid, OutcomeKind.RETURNED, value=failed_with_a_loss)
+
+    trials, scheduler = make_scheduler(FailingWithALoss(), max_evals=5, parallelism=1, loss_threshold=0.0)
+    scheduler.run()
+    assert len(trials._dynamic_trials) == len(reference._dynamic_trials) == 1
