@@ -1,6 +1,6 @@
 """How a trial ends: what an outcome means for its document, and how its failure reads.
 
-The scheduler has one way out for a trial (``TrialScheduler._end_trial``); what it writes into
+hyperopt's side has one way out for a trial (``TrialScheduler.trial_ended``); what it writes into
 the trial is decided here, from the outcome alone: a returned value is validated by
 hyperopt's rules (DONE, or ERROR if invalid), a raised or failed job is ERROR, and a job that
 was cancelled, never submitted, or lost with its server is CANCEL.
@@ -9,7 +9,6 @@ was cancelled, never submitted, or lost with its server is CANCEL.
 from __future__ import annotations
 
 import math
-import re
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -102,9 +101,6 @@ def ok_loss(trial: dict[str, Any]) -> float:
         return math.inf
     return float(loss)
 
-
-# What differs between two trials' copies of one warning: run ids and other hex ids, numbers.
-WARNING_VARIABLES = re.compile(r"\b[0-9a-f]{16,}\b|\d+(\.\d+)?")
 
 # Lines of a failed trial's output shown after its traceback in the log.
 _OUTPUT_EXCERPT_LINES = 20

@@ -9,7 +9,7 @@ import pickle
 from hyperopt import base
 
 from connect_trials.job import OutcomeKind, SparkJobExecutor, TrialOutcome
-from connect_trials.scheduler import MAX_JOBS_LOST
+from connect_trials.trial_loop import MAX_JOBS_LOST
 from tests.test_scheduler import FakeRecovery, make_scheduler
 
 

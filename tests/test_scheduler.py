@@ -535,6 +535,7 @@ class FakeRecovery:
 
     generation = 0
     address = ("localhost", 1)
+    last_failure = None
 
     def recover(self, timeout):
         return Recovered(renewed=False)
@@ -556,7 +557,7 @@ class LosingExecutor(ReturningExecutor):
 
 
 def test_jobs_lost_with_a_surviving_session_run_again_until_max_jobs_lost_then_say_so():
-    from connect_trials.scheduler import MAX_JOBS_LOST
+    from connect_trials.trial_loop import MAX_JOBS_LOST
 
     executor = LosingExecutor(losses=MAX_JOBS_LOST - 1)
     trials, scheduler = make_scheduler(executor, max_evals=1, parallelism=1, recovery=FakeRecovery())
@@ -591,7 +592,7 @@ class QueueWatch(queue.Queue):
 def test_a_result_received_before_the_server_is_declared_gone_is_kept():
     executor = GatedExecutor()
     trials, scheduler = make_scheduler(executor, max_evals=2, parallelism=2)
-    scheduler._completions = completions = QueueWatch()
+    scheduler.loop._completions = completions = QueueWatch()
     assert scheduler._pending == []
     scheduler.server_gone("the server refused connections for 120 s")  # first in the queue
     loop, errors = run_in_thread(scheduler)

@@ -71,7 +71,7 @@ def run_objective(
     under it. Such a retry runs the objective again, up to ``MAX_OBJECTIVE_ATTEMPTS``
     attempts in all; a later one answers ``STATUS_ATTEMPTS_EXHAUSTED``. (A job lost with its
     server or session is not evidence against the objective: the client counts those apart,
-    see ``scheduler.MAX_JOBS_LOST``.) In the client
+    see ``trial_loop.MAX_JOBS_LOST``.) In the client
     (``Host.CLIENT``), ``KeyboardInterrupt`` and ``SystemExit`` propagate, after clean-up.
 
     ``client_versions`` (Python, pyspark): a worker whose Python major.minor or pyspark major
