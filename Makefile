@@ -11,12 +11,29 @@ export MLFLOW_DISABLE_TELEMETRY := true
 .PHONY: setup test lint demo server server-stop server-status cluster cluster-stop cluster-status \
 	model-search bench bench-quick bench-scale clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(VENV)/.system-packages
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+# Debian packages that tests/test_proxy.py needs: an HTTP CONNECT proxy (tinyproxy) and iptables
+# (it rejects the client's direct connections to the server). Installed once, as root (CI runs as
+# root on a clean machine); without root the test says what is missing and skips. The test runs
+# its own tinyproxy: the package's service is not used.
+SYSTEM_PACKAGES := tinyproxy iptables
+$(VENV)/.system-packages:
+	@mkdir -p $(@D); PATH="$$PATH:/usr/sbin:/sbin"; missing=""; \
+	for tool in $(SYSTEM_PACKAGES); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+			echo "missing:$$missing (tests/test_proxy.py skips; as root: apt-get install$$missing)"; exit 0; \
+		fi; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $$missing; } >$(@D)/apt-get.log 2>&1 || { cat $(@D)/apt-get.log; exit 1; }; \
+	fi; \
 	touch $@
 
 test: setup

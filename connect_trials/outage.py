@@ -88,12 +88,17 @@ class Outages:
         now = time.monotonic()
         left = outage.since + self.reconnect_timeout - now
         if left <= 0:
-            cause = self.recovery.last_failure if hasattr(self.recovery, "last_failure") else None
+            cause = self.recovery.last_failure  # the server answered, and refused to go on
+            what = (
+                f"answered again within {self.reconnect_timeout:.0f} s (reconnect_timeout) after "
+                f"{outage.reason}, but the search could not go on there: {cause}"
+                if cause
+                else f"did not come back within {self.reconnect_timeout:.0f} s (reconnect_timeout) after "
+                f"{outage.reason}"
+            )
             raise ClusterUnavailableError(
-                f"the Spark Connect server at {self.where} did not come back within "
-                f"{self.reconnect_timeout:.0f} s (reconnect_timeout) after {outage.reason}"
-                f"{f'; last attempt to go on: {cause}' if cause else ''}; fmin stopped. Every "
-                "finished trial is kept in the trials object; the ones that were running are cancelled."
+                f"the Spark Connect server at {self.where} {what}; fmin stopped. Every finished trial "
+                "is kept in the trials object; the ones that were running are cancelled."
             )
         if now < self._next_ask_at:
             return False

@@ -12,20 +12,35 @@ session with the old one's channel builder, ships the objective and the local co
 the scheduler's to run again.
 
 The user's own session object stays as it is (dead on the server); ``trials.spark_session``
-is the new one.
+is the new one. Both have their channels closed at exit (see ``_close_at_exit``): pyspark's
+own exit hook would otherwise leave the process hanging there.
+
+An attempt that fails because the server is not back yet is tried again quietly. One that
+fails because the server answers and refuses (a token rotated with the restart, an artifact
+refused) is said at WARNING, once per outage, and :attr:`SessionRecovery.last_failure` keeps
+its cause for the error that ends the wait.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from connect_trials import job
 from connect_trials.errors import one_line
-from connect_trials.session import Probe, ServerWatch, probe_server, reopen_session, session_alive
+from connect_trials.session import (
+    Probe,
+    ServerWatch,
+    is_unavailable,
+    probe_server,
+    reopen_session,
+    session_alive,
+)
 
 logger = logging.getLogger("connect_trials")
 
@@ -68,10 +83,18 @@ class SessionRecovery:
         self.generation = 0
         self._attempt: threading.Thread | None = None
         self._result: Recovered | None = None
+        self._last_failure: str | None = None
+        self._warned = False
 
     @property
     def spark(self) -> Any:
         return self._spark
+
+    @property
+    def last_failure(self) -> str | None:
+        """Why the last attempt to go on failed, when the server answered and refused (not
+        when it did not answer): for the error that ends a wait in vain."""
+        return self._last_failure
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -118,25 +141,29 @@ class SessionRecovery:
             self._closed = True
 
     def _try_once(self) -> None:
-        address = self._watch.address
-        if address is not None and probe_server(address).kind is not Probe.ACCEPTED:
+        if probe_server(self._spark).kind is not Probe.ANSWERED:  # as the session's calls reach it
             return
         self._watch.nudge()  # reattaches asleep in a back-off learn now what the server says
-        alive = session_alive(self._spark, _SESSION_CHECK_TIMEOUT_S)
+        try:
+            alive = session_alive(self._spark, _SESSION_CHECK_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - the server answers, with a refusal
+            self._failed("asking the server whether the session lives failed", exc)
+            return
         if alive is None:
             return
         if alive:
-            self._result = Recovered(renewed=False)
+            self._succeeded(Recovered(renewed=False))
             return
         try:
             spark = reopen_session(self._spark, self._watch.found_policies)
         except Exception as exc:  # noqa: BLE001 - not back yet: the next attempt tries again
-            logger.debug("could not open a new Spark Connect session yet: %s", one_line(exc))
+            self._failed("opening a new Spark Connect session failed", exc)
             return
+        _close_at_exit(spark)
         try:
             executor = self._make_executor(spark)
         except Exception as exc:  # noqa: BLE001
-            logger.debug("could not ship the objective to the new session yet: %s", one_line(exc))
+            self._failed("shipping the objective to the new session failed", exc)
             _stop_quietly(spark)
             return
         with self._lock:
@@ -144,7 +171,7 @@ class SessionRecovery:
                 stop = True
             else:
                 stop = False
-                old, self._executor, self._spark = self._executor, executor, spark
+                old, self._executor, left, self._spark = self._executor, executor, self._spark, spark
                 self.generation += 1
                 self._trials._spark = spark
         if stop:
@@ -152,11 +179,74 @@ class SessionRecovery:
             return
         old.abandon()
         self._watch.move_to(spark)  # the old session's retry loops give up: it is gone
-        self._result = Recovered(renewed=True)
+        _close_at_exit(left)
+        self._succeeded(Recovered(renewed=True))
+
+    def _succeeded(self, result: Recovered) -> None:
+        self._last_failure = None
+        self._warned = False  # the next outage may have a cause of its own
+        self._result = result
+
+    def _failed(self, step: str, exc: BaseException) -> None:
+        """An attempt failed: the server is not back yet (DEBUG), or it answers and refuses
+        (a token rotated with the restart, an artifact refused): then the cause is said at
+        WARNING, once per outage, and kept for the error that ends the wait."""
+        cause = f"{step}: {_one_line_cause(exc)}"
+        if is_unavailable(exc):
+            logger.debug("could not go on yet: %s", cause)
+            return
+        self._last_failure = cause
+        if not self._warned:
+            self._warned = True
+            where = "" if self.address is None else f" at {self.address[0]}:{self.address[1]}"
+            logger.warning(
+                "the Spark Connect server%s answers again, but the search cannot go on there: %s. "
+                "fmin tries again until reconnect_timeout.",
+                where,
+                cause,
+            )
+
+
+# pyspark's error for a gRPC status without Spark's details: the call's repr, first line blank.
+_GRPC_STATUS = re.compile(r'status = StatusCode\.(\w+).*?details = "([^"]*)"', re.DOTALL)
+
+
+def _one_line_cause(exc: BaseException) -> str:
+    status = _GRPC_STATUS.search(str(exc))
+    if status is None:
+        return one_line(exc)
+    return f"{type(exc).__name__}: {status.group(1)}: {status.group(2)}"
 
 
 def _stop_quietly(spark: Any) -> None:
     try:
         spark.stop()
     except Exception:  # noqa: BLE001 - a session we gave up on
+        pass
+
+
+# -- what the search leaves at exit ------------------------------------------------------------
+# pyspark (checked on 4.3.0) registers an exit hook per client that is not closed, which sends
+# one more request (it empties the session's ML cache). By then the interpreter has shut down
+# concurrent.futures, so the request fails half-way and leaves its gRPC call in flight, and
+# the channel spin thread that could end it is a daemon: it stops with the interpreter.
+# Whichever finalizer then closes that channel (SparkSession.__del__, in the last garbage
+# collection) waits for the call forever. A script's one session usually escapes that by the
+# order in which the interpreter tears its modules down; a second one, or a session held in a
+# reference cycle, does not: the process hangs at exit. So the sessions a search opens, and
+# the one it leaves because its server forgot it, have their channels closed before that, at
+# exit (or when they are collected), while gRPC's threads still run.
+def _close_at_exit(spark: Any) -> None:
+    client = getattr(spark, "client", None)
+    if client is not None and callable(getattr(client, "close", None)):
+        weakref.finalize(spark, _close_client, weakref.ref(client))
+
+
+def _close_client(client_ref: weakref.ref[Any]) -> None:
+    client = client_ref()
+    if client is None:
+        return
+    try:
+        client.close()  # sends nothing: it cancels what is in flight and closes the channel
+    except Exception:  # noqa: BLE001 - best effort, as pyspark's own close at exit
         pass

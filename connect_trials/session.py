@@ -2,13 +2,15 @@
 
 The Connect client's retry policy is shared by every thread and every fmin that uses the
 session, so fmin never changes it while the server may still answer. Instead each fmin runs
-inside :func:`watched`: a :class:`ServerWatchdog` opens a TCP connection to the server every
-second. A busy or briefly paused server still accepts connections (the kernel does, for a
-stopped process), a dead one refuses them. Only a refusal counts: a timeout, a failed name
-lookup or an unreachable network says nothing about the server (a client behind a proxy may
-have no direct route to it at all). The first refusal is reported at once (fmin stops
-submitting and waits), a connection accepted again is reported too (fmin looks at whether its
-session survived, see ``reconnect.py``), and after ``gone_after`` seconds of refusals in a row
+inside :func:`watched`: a :class:`ServerWatchdog` asks the server one cheap question every
+second, over a channel made by the session's own channel builder, so through the same proxy
+and with the same credentials as the session's calls (a client behind a proxy may have no
+direct route to the server at all). A dead server's host refuses the connection, or the
+proxy in between cannot open its tunnel; only that counts: a timeout (a busy or paused
+server), a failed name lookup, an unreachable network or proxy says nothing about the
+server. The first refusal is reported at once (fmin stops submitting and waits), an answer
+again is reported too (fmin looks at whether its session survived, see ``reconnect.py``),
+and after ``gone_after`` seconds of refusals in a row
 the server is declared gone: fmin fails with ``ClusterUnavailableError``, and the session's
 retry loops still under way give up at once: their back-offs (up to a minute each by
 default) wait on a condition that the server's death, or its return, wakes. When fmin
@@ -18,16 +20,17 @@ returns, the session is as it was found.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import enum
-import errno
 import hashlib
 import logging
 import os
-import socket
+import re
 import tempfile
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -159,11 +162,11 @@ def server_address(spark: Any) -> tuple[str, int] | None:
 
 
 class Probe(enum.Enum):
-    """What one TCP connect to the server says."""
+    """What one question to the server over its Connect channel says."""
 
-    ACCEPTED = "accepted"
+    ANSWERED = "answered"  # a gRPC status from the other end: the server is there
     REFUSED = "refused"  # nothing listens there: the only evidence that the server is gone
-    UNKNOWN = "unknown"  # a timeout, a failed name lookup, no route: no evidence either way
+    UNKNOWN = "unknown"  # a timeout, a failed name lookup, no route, the proxy down: no evidence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,70 +175,176 @@ class ProbeResult:
     detail: str = ""
 
 
-# Errors of an address that this host cannot use at all (an IPv6 address without IPv6): they
-# do not make a refusal by the host's other addresses less certain.
-_UNUSABLE_ADDRESS_ERRNOS = frozenset({errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})
+# gRPC's words (grpc-core, checked on grpcio 1.85) for a connection that the server's host
+# refused, and for a tunnel that an HTTP CONNECT proxy could not open: tinyproxy answers 500,
+# Squid and Envoy 503, others 502. A proxy's 504 is a timeout, its 403/407 its own policy.
+_REFUSED_TEXT = "Connection refused"
+_PROXY_STATUS = re.compile(r"HTTP proxy returned response code (\d{3})")
+_PROXY_COULD_NOT_CONNECT = frozenset({"500", "502", "503"})
+# A refusal names the address that refused, as "ipv4:127.0.0.1:15002: ...": with a proxy
+# between, that may be the proxy's, which says nothing about the server behind it.
+_REFUSING_PORT = re.compile(r":(\d+): [^;]*" + _REFUSED_TEXT)
 
 
-def probe_server(address: tuple[str, int], timeout: float = _PROBE_TIMEOUT_S) -> ProbeResult:
-    """One TCP connect to each address of ``address`` (as ``socket.create_connection``)."""
-    host, port = address
+def probe_verdict(code: Any, details: str, server_port: int | None) -> ProbeResult:
+    """What a failed probe call (its gRPC status ``code`` and ``details``) says about a server
+    on ``server_port``. Only UNAVAILABLE of the kind a dead server gives is evidence: its
+    host refused the connection, or the HTTP proxy in between could not connect to it."""
+    import grpc
+
+    detail = f"{getattr(code, 'name', code)}: {details}"
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return ProbeResult(Probe.UNKNOWN, f"no answer within the probe's deadline ({detail})")
+    if code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
+        return ProbeResult(Probe.UNKNOWN, detail)
+    if code is not grpc.StatusCode.UNAVAILABLE:
+        return ProbeResult(Probe.ANSWERED, detail)  # the server (or what fronts it) spoke gRPC
+    proxy = _PROXY_STATUS.search(details)
+    if proxy is not None:
+        if proxy.group(1) in _PROXY_COULD_NOT_CONNECT:
+            return ProbeResult(Probe.REFUSED, f"the HTTP proxy could not connect to it ({details})")
+        return ProbeResult(Probe.UNKNOWN, detail)
+    if _REFUSED_TEXT in details:
+        ports = {int(port) for port in _REFUSING_PORT.findall(details)}
+        if server_port is None or not ports or server_port in ports:
+            return ProbeResult(Probe.REFUSED, details)
+    return ProbeResult(Probe.UNKNOWN, detail)
+
+
+class ServerProbe:
+    """Asks a Spark Connect server one cheap question over a channel of its own, made by the
+    session's own channel builder: the same URL, proxy (gRPC honours ``grpc_proxy``,
+    ``https_proxy``, ``no_proxy``), TLS, token, headers and interceptors as the session's calls,
+    so that whatever reaches the server for the session reaches it for the probe.
+
+    The question is ReleaseSession of a session id that no client uses: the server answers it
+    without creating, touching or logging a session (checked on 4.3; ``FetchErrorDetails`` and
+    ``Interrupt`` would create one). The channel is the probe's own (a local subchannel pool):
+    gRPC otherwise shares one connection, and its reconnect back-off of up to 2 minutes, among
+    channels of equal settings, so that a probe would repeat the session's last failure long
+    after the server is back. After any failure the next question goes over a new channel,
+    for the same reason. Thread-safe; :meth:`close` closes the channel."""
+
+    def __init__(
+        self, builder: Any, timeout: float = _PROBE_TIMEOUT_S, server_port: int | None = None
+    ) -> None:
+        self._builder = builder
+        self._timeout = timeout
+        self._server_port = server_port
+        self._session_id = str(uuid.uuid4())
+        self._lock = threading.Lock()
+        self._channel: Any = None
+
+    def __call__(self) -> ProbeResult:
+        import grpc
+        from pyspark.sql.connect.proto import base_pb2, base_pb2_grpc
+
+        with self._lock:
+            try:
+                if self._channel is None:
+                    self._channel = _own_channel(self._builder)
+                stub = base_pb2_grpc.SparkConnectServiceStub(self._channel)
+                stub.ReleaseSession(
+                    base_pb2.ReleaseSessionRequest(session_id=self._session_id),
+                    metadata=list(self._builder.metadata()),
+                    timeout=self._timeout,
+                )
+                return ProbeResult(Probe.ANSWERED)
+            except grpc.RpcError as exc:
+                self._close()
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
+                return probe_verdict(code, details, self._server_port)
+            except Exception as exc:  # noqa: BLE001 - no channel, a closed one: no evidence
+                self._close()
+                return ProbeResult(Probe.UNKNOWN, f"{type(exc).__name__}: {exc}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            try:
+                channel.close()
+            except Exception:  # noqa: BLE001 - a channel we are done with
+                pass
+
+
+def _own_channel(builder: Any) -> Any:
+    """A new channel from ``builder`` that shares no connection with the channels it made
+    before. pyspark's ``ChannelBuilder`` keeps its options in ``_channel_options`` (4.0-4.3):
+    the copy gets its own list, so that the session's builder stays as it was."""
+    own = copy.copy(builder)
+    options = getattr(builder, "_channel_options", None)
+    if isinstance(options, list):
+        own._channel_options = list(options)
+        own.setChannelOption("grpc.use_local_subchannel_pool", 1)
+    return own.toChannel()
+
+
+def channel_builder(spark: Any) -> Any | None:
+    """The channel builder of a Connect session (None for a classic session)."""
+    if session_kind(spark) != CONNECT:
+        return None
+    return getattr(getattr(spark, "client", None), "_builder", None)
+
+
+def _where(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+def probe_server(spark: Any, timeout: float = _PROBE_TIMEOUT_S) -> ProbeResult:
+    """One question to the server of ``spark`` (a Connect session) over a channel of its own,
+    as the session's calls reach it (see :class:`ServerProbe`)."""
+    builder = channel_builder(spark)
+    if builder is None:
+        return ProbeResult(Probe.UNKNOWN, "not a Spark Connect session")
+    address = server_address(spark)
+    probe = ServerProbe(builder, timeout, server_port=address[1] if address else None)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:  # socket.gaierror: DNS, not the server
-        return ProbeResult(Probe.UNKNOWN, f"cannot resolve {host}: {exc}")
-    refused: list[OSError] = []
-    other: list[OSError] = []
-    for family, kind, proto, _, sockaddr in infos:
-        try:
-            with socket.socket(family, kind, proto) as sock:
-                sock.settimeout(timeout)
-                sock.connect(sockaddr)
-            return ProbeResult(Probe.ACCEPTED)
-        except ConnectionRefusedError as exc:
-            refused.append(exc)
-        except OSError as exc:  # TimeoutError, ENETUNREACH, EHOSTUNREACH, ...
-            other.append(exc)
-    detail = "; ".join(str(exc) or type(exc).__name__ for exc in refused + other)
-    if refused and all(exc.errno in _UNUSABLE_ADDRESS_ERRNOS for exc in other):
-        return ProbeResult(Probe.REFUSED, detail)
-    return ProbeResult(Probe.UNKNOWN, detail or "no address")
+        return probe()
+    finally:
+        probe.close()
 
 
 class ServerWatchdog:
-    """Declares a server gone after it refused TCP connections for ``gone_after`` seconds.
+    """Declares a server gone after it refused connections for ``gone_after`` seconds.
 
-    Runs in a thread of its own; its callbacks are called from that thread. Only refusals
-    count (see :func:`probe_server`). A probe that cannot tell (a timeout, a failed lookup, an
-    unreachable network) is logged at DEBUG and starts the count again, as an accepted
-    connection does: the verdict needs ``gone_after`` seconds of refusals in a row, because a
+    ``probe()`` asks the server (a :class:`ServerProbe` on the session's channel builder);
+    ``where`` names it in messages. Runs in a thread of its own, which closes the probe at
+    the end; its callbacks are called from that thread. Only refusals count (see
+    :func:`probe_verdict`). A probe that cannot tell (a timeout, a failed lookup, an
+    unreachable network or proxy) is logged at DEBUG and starts the count again, as an
+    answer does: the verdict needs ``gone_after`` seconds of refusals in a row, because a
     wrong verdict kills a healthy fmin while a late one only delays the failure that the
     trials' own calls report anyway. ``on_refused(detail)`` is called at the first refusal of
-    an outage (by default it logs a warning), ``on_answered()`` when a connection is accepted
+    an outage (by default it logs a warning), ``on_answered()`` when the server answers
     again after one, and ``on_gone(reason)`` once, at the verdict. Nothing it does touches a
     session, so it serves any caller that wants to know whether a server is there."""
 
     def __init__(
         self,
-        address: tuple[str, int],
+        probe: Callable[[], ProbeResult],
         on_gone: Callable[[str], None],
         gone_after: float = SERVER_GONE_AFTER_S,
         probe_every: float = _PROBE_EVERY_S,
-        probe: Callable[[tuple[str, int]], ProbeResult] = probe_server,
         clock: Callable[[], float] = time.monotonic,
         on_refused: Callable[[str], None] | None = None,
         on_answered: Callable[[], None] | None = None,
+        where: str = "its URL",
     ) -> None:
-        self.address = address
+        self.where = where
+        self._probe = probe
         self._on_gone = on_gone
         self._on_refused = on_refused or self._warn_refused
         self._on_answered = on_answered or (lambda: None)
         self._gone_after = gone_after
         self._probe_every = probe_every
-        self._probe = probe
         self._clock = clock
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="connect-trials-watchdog", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="connect-trials-watchdog", daemon=True)
 
     def __enter__(self) -> ServerWatchdog:
         self._thread.start()
@@ -243,10 +352,6 @@ class ServerWatchdog:
 
     def __exit__(self, *exc: object) -> None:
         self._stopped.set()
-
-    @property
-    def where(self) -> str:
-        return f"{self.address[0]}:{self.address[1]}"
 
     def _warn_refused(self, detail: str) -> None:
         logger.warning(
@@ -257,12 +362,20 @@ class ServerWatchdog:
             self._gone_after,
         )
 
+    def _run(self) -> None:
+        try:
+            self._watch()
+        finally:
+            close = getattr(self._probe, "close", None)
+            if close is not None:
+                close()  # here, not in the caller's thread: a channel's close may take its time
+
     def _watch(self) -> None:
         refused_since: float | None = None
-        outage = False  # from the first refusal after an accepted connection to the next one
+        outage = False  # from the first refusal after an answer to the next answer
         last: Probe | None = None
         while not self._stopped.wait(self._probe_every):
-            result = self._probe(self.address)
+            result = self._probe()
             if result.kind is not Probe.REFUSED:
                 if result.kind is Probe.UNKNOWN and last is not Probe.UNKNOWN:
                     logger.debug(
@@ -271,7 +384,7 @@ class ServerWatchdog:
                         self.where,
                         result.detail,
                     )
-                if result.kind is Probe.ACCEPTED and outage:
+                if result.kind is Probe.ANSWERED and outage:
                     outage = False
                     self._on_answered()
                 refused_since, last = None, result.kind
@@ -316,8 +429,9 @@ class ServerWatch:
     policies are kept in :attr:`found_policies`, for a new session to the same server.
 
     Several fmins may watch one session at once (threads): they share the wakeable retry
-    loops, and the last to leave puts ``_retrying`` back. Classic sessions, and Connect
-    sessions without an endpoint, are not watched."""
+    loops, and the last to leave puts ``_retrying`` back. Classic sessions are not watched.
+    The watchdog asks the server over the session's own channel builder (:class:`ServerProbe`),
+    which follows the session to a new one (the same builder, see ``reopen_session``)."""
 
     def __init__(
         self,
@@ -330,13 +444,15 @@ class ServerWatch:
     ) -> None:
         self._spark = spark
         self._on_gone = on_gone
-        self.address = server_address(spark)
+        self.address = server_address(spark)  # for messages; the probe needs only the builder
+        builder = channel_builder(spark)
         self._watchdog = (
             ServerWatchdog(
-                self.address, self._declared_gone, gone_after, probe_every,
-                on_refused=on_refused, on_answered=on_answered,
+                ServerProbe(builder, server_port=self.address[1] if self.address else None),
+                self._declared_gone, gone_after, probe_every, on_refused=on_refused,
+                on_answered=on_answered, where="its URL" if self.address is None else _where(self.address),
             )  # fmt: skip
-            if self.address is not None
+            if builder is not None
             else None
         )
         self._retries: _WakeableRetries | None = None
@@ -526,21 +642,31 @@ def _bounded_policy(policy_class: Any) -> Any:
 def session_alive(spark: Any, timeout: float) -> bool | None:
     """Whether ``spark``'s session still lives on its server, asked with one cheap call: False
     when the server says it has no such session (its driver restarted) or the client closed
-    itself for that reason, None when the call cannot tell within ``timeout`` seconds."""
+    itself for that reason, None when the call cannot tell within ``timeout`` seconds (the
+    server does not answer yet). Any other answer is the server's refusal (a token that no
+    longer holds, say): it is raised, for the caller to say."""
     if spark.client.is_closed:
         return False
     answer: list[bool | None] = []
+    refusal: list[BaseException] = []
 
     def ask() -> None:
         try:
             spark.conf.get("spark.app.name")
             answer.append(True)
         except Exception as exc:  # noqa: BLE001 - an answer either way
-            answer.append(False if is_session_gone(exc) or spark.client.is_closed else None)
+            if is_session_gone(exc) or spark.client.is_closed:
+                answer.append(False)
+            elif is_unavailable(exc):
+                answer.append(None)
+            else:
+                refusal.append(exc)
 
     asking = threading.Thread(target=ask, name="connect-trials-session-check", daemon=True)
     asking.start()
     asking.join(timeout)
+    if refusal:
+        raise refusal[0]
     return answer[0] if answer else None
 
 

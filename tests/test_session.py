@@ -38,28 +38,41 @@ def test_bounded_retries_give_the_client_its_policies_back_unless_the_server_is_
     assert client.policies != ["default"]
 
 
-def test_the_watchdog_keeps_quiet_while_the_server_accepts_and_speaks_once_it_refuses():
-    import socket
+def test_the_watchdog_keeps_quiet_while_the_server_answers_and_speaks_once_it_refuses():
     import threading
+    from concurrent import futures
 
-    from connect_trials.session import ServerWatchdog
+    import grpc
+    from pyspark.sql.connect.client.core import DefaultChannelBuilder
 
-    listener = socket.create_server(("127.0.0.1", 0))
-    address = listener.getsockname()
+    from connect_trials.session import Probe, ProbeResult, ServerProbe, ServerWatchdog
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))  # answers every call
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    probe = ServerProbe(DefaultChannelBuilder(f"sc://127.0.0.1:{port}"), server_port=port)
+    answered: list[ProbeResult] = []
+    enough = threading.Event()
     gone: list[str] = []
     declared = threading.Event()
+
+    def counted() -> ProbeResult:
+        result = probe()
+        if result.kind is Probe.ANSWERED:
+            answered.append(result)
+            if len(answered) == 15:  # 15 probes (0.75 s > gone_after), all answered
+                enough.set()
+        return result
 
     def on_gone(reason: str) -> None:
         gone.append(reason)
         declared.set()
 
-    with ServerWatchdog(address, on_gone, gone_after=0.5, probe_every=0.05):
-        for _ in range(15):  # 15 probes (0.75 s > gone_after), all accepted
-            listener.settimeout(5)
-            listener.accept()[0].close()
+    with ServerWatchdog(counted, on_gone, gone_after=0.5, probe_every=0.05):
+        assert enough.wait(30)
         assert not declared.is_set()
-        listener.close()  # the server dies: connections are refused from now on
-        assert declared.wait(5)
+        server.stop(None)  # the server dies: connections are refused from now on
+        assert declared.wait(10)
     assert len(gone) == 1 and "refused connections" in gone[0]
 
 
