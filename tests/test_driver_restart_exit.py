@@ -52,21 +52,24 @@ def restarting_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loca
         server.stop()
 
 
-def restart_after_the_third_run(listener: socket.socket, server: LocalConnectServer) -> threading.Event:
-    """Each run of a trial connects to ``listener`` as it starts; after the third, the server
-    is killed and started again 5 s later at the same URL, as a restarted driver."""
+def restart_after_the_third_run(
+    listener: socket.socket, server: LocalConnectServer, runs: list[str] | None = None
+) -> threading.Event:
+    """Each run of a trial connects to ``listener`` as it starts (counted in ``runs``); after
+    the third, the server is killed and started again 5 s later at the same URL, as a
+    restarted driver."""
     restarted = threading.Event()
+    runs = [] if runs is None else runs
 
     def count_runs() -> None:
-        runs = 0
         while True:
             try:
                 connection = listener.accept()[0]
             except OSError:
                 return
             connection.close()
-            runs += 1
-            if runs == 3:
+            runs.append("run")
+            if len(runs) == 3:
                 os.killpg(server._proc.pid, signal.SIGKILL)
                 server._proc.wait()
                 time.sleep(5)  # the outage itself: the driver restarting

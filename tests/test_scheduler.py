@@ -88,6 +88,20 @@ def make_scheduler(executor, max_evals=4, parallelism=2, trials=None, timeout=No
     )
 
 
+def run_in_thread(scheduler):
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            scheduler.run()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    loop = threading.Thread(target=run, daemon=True)
+    loop.start()
+    return loop, errors
+
+
 def test_a_finished_trial_frees_its_slot_at_once_not_after_a_poll():
     executor = GatedExecutor()
     trials, scheduler = make_scheduler(executor, max_evals=3, parallelism=2)
@@ -408,16 +422,7 @@ def test_a_server_declared_gone_fails_the_search_keeps_finished_trials_and_cance
             finished_zero.set()
 
     scheduler.tracker.trial_finished = trial_finished
-    errors: list[BaseException] = []
-
-    def run():
-        try:
-            scheduler.run()
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    loop = threading.Thread(target=run, daemon=True)
-    loop.start()
+    loop, errors = run_in_thread(scheduler)
     assert finished_zero.wait(5) and executor.submitted[2].wait(5)
     scheduler.server_gone("the server refused connections for 20 s")
     loop.join(10)
@@ -436,20 +441,6 @@ def test_the_failure_line_keeps_the_exceptions_message():
     with captured_log() as out:
         scheduler.run()
     assert "trial task 0 failed, exception is ValueError: x is out of range." in out.getvalue()
-
-
-def run_in_thread(scheduler):
-    errors: list[BaseException] = []
-
-    def run():
-        try:
-            scheduler.run()
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    loop = threading.Thread(target=run, daemon=True)
-    loop.start()
-    return loop, errors
 
 
 def test_loss_threshold_suggests_no_more_and_lets_the_trials_in_flight_finish_done():

@@ -15,6 +15,7 @@ from connect_trials import ConnectTrials
 from connect_trials.errors import ClusterUnavailableError
 from connect_trials.server import LocalConnectServer
 from connect_trials.session import SERVER_GONE_AFTER_S
+from tests.test_driver_restart_exit import restart_after_the_third_run
 
 
 @pytest.fixture(scope="module")
@@ -250,24 +251,7 @@ def test_a_server_restarted_on_its_port_with_its_token_costs_only_the_trials_in_
         time.sleep(2)
         return x
 
-    restarted = threading.Event()
-
-    def count_runs_and_restart_after_the_third() -> None:
-        while True:
-            try:
-                connection = listener.accept()[0]
-            except OSError:
-                return
-            connection.close()
-            runs.append("run")
-            if len(runs) == 3:
-                os.killpg(server._proc.pid, signal.SIGKILL)
-                server._proc.wait()
-                time.sleep(5)  # the outage itself: the driver restarting
-                server.start(keep_token=True)
-                restarted.set()
-
-    threading.Thread(target=count_runs_and_restart_after_the_third, daemon=True).start()
+    restarted = restart_after_the_third_run(listener, server, runs)
     try:
         trials = ConnectTrials(parallelism=2, spark_session=session, reconnect_timeout=60)
         fmin(objective, hp.uniform("x", 0, 1), rand.suggest, 6, trials=trials, show_progressbar=False)
