@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 # Debian packages that tests/test_proxy.py needs: an HTTP CONNECT proxy (tinyproxy) and iptables
 # (it rejects the client's direct connections to the server). Installed once, as root (CI runs as
 # root on a clean machine); without root the test says what is missing and skips. The test runs
-# its own tinyproxy: the package's service is not used.
+# its own tinyproxy: the service the package starts (where systemd runs) is stopped and disabled.
 SYSTEM_PACKAGES := tinyproxy iptables
 $(VENV)/.system-packages:
 	@mkdir -p $(@D); PATH="$$PATH:/usr/sbin:/sbin"; missing=""; \
@@ -33,6 +33,9 @@ $(VENV)/.system-packages:
 		fi; \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			--no-install-recommends $$missing; } >$(@D)/apt-get.log 2>&1 || { cat $(@D)/apt-get.log; exit 1; }; \
+		case "$$missing" in *tinyproxy*) { systemctl disable --now tinyproxy || service tinyproxy stop; } \
+			>>$(@D)/apt-get.log 2>&1 || true;; esac; \
+		echo "installed from Debian's packages:$$missing (for tests/test_proxy.py)"; \
 	fi; \
 	touch $@
 

@@ -241,9 +241,14 @@ def points_given_to_hyperopt_fmin(caller: Any) -> list[dict[str, Any]] | None:
     """The ``points_to_evaluate`` of the ``hyperopt.fmin`` call that called ``trials.fmin``
     (``caller``: its frame), or None. hyperopt does not pass them on to ``trials.fmin``, and
     drops them without a word when a trials object is given; its frame still holds them (the
-    local of that name in hyperopt 0.2.7 and 0.3.0). Only hyperopt's own ``fmin`` is read."""
-    hyperopt_fmin = getattr(sys.modules.get("hyperopt.fmin"), "fmin", None)
-    if caller is None or caller.f_code is not getattr(hyperopt_fmin, "__code__", None):
+    local of that name in hyperopt 0.2.7 and 0.3.0). Only a frame of hyperopt's own ``fmin``
+    (by its name and file, so that a wrapper of it still leads there) is read."""
+    module = sys.modules.get("hyperopt.fmin")
+    module_file = getattr(module, "__file__", None)
+    if caller is None or module_file is None:
+        return None
+    code = caller.f_code
+    if code.co_name != "fmin" or os.path.abspath(code.co_filename) != os.path.abspath(module_file):
         return None
     points = caller.f_locals.get("points_to_evaluate")
     if points is None:

@@ -35,15 +35,19 @@ _INTERRUPT_WAIT_S = 2.0
 
 class FminCancellation:
     """One fmin's cancellation. ``on_cancelled(reason)`` records the reason where the front
-    end keeps it (``trials._fmin_cancelled_reason``); ``interrupt_jobs`` is the executor's
+    end keeps it (``trials._fmin_cancelled_reason``); :meth:`bind` gives it the executor's
     ``cancel_all`` once there is one."""
 
     def __init__(self, on_cancelled: Callable[[str], None] = lambda reason: None) -> None:
         self._on_cancelled = on_cancelled
-        self.interrupt_jobs: Callable[[], None] = lambda: None
+        self._interrupt_jobs: Callable[[], None] = lambda: None
         self.reason: str | None = None
         self.interrupted_at = math.inf  # time.monotonic() of the first interruption
         self.grace_s = _CANCEL_GRACE_S  # how long interrupted jobs get to report back
+
+    def bind(self, interrupt_jobs: Callable[[], None]) -> None:
+        """What interrupts the search's jobs (the executor's ``cancel_all``)."""
+        self._interrupt_jobs = interrupt_jobs
 
     @property
     def cancelled(self) -> bool:
@@ -64,7 +68,7 @@ class FminCancellation:
         when none runs, since a trial thread may be about to submit its job."""
         self.interrupted_at = min(self.interrupted_at, time.monotonic())
         logger.debug("Cancelling all running jobs of this fmin")
-        _call_bounded(self.interrupt_jobs, _INTERRUPT_WAIT_S)
+        _call_bounded(self._interrupt_jobs, _INTERRUPT_WAIT_S)
 
     def server_gone(self) -> None:
         """A server declared gone reports nothing more: settle with what has arrived."""

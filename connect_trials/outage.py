@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from connect_trials.errors import ClusterUnavailableError, last_line
 from connect_trials.reconnect import SessionRecovery
+from connect_trials.tracking.uris import redacted_text
 
 logger = logging.getLogger("connect_trials")
 
@@ -97,8 +98,8 @@ class Outages:
                 f"{outage.reason}"
             )
             raise ClusterUnavailableError(
-                f"the Spark Connect server at {self.where} {what}; fmin stopped. Every finished trial "
-                "is kept in the trials object; the ones that were running are cancelled."
+                f"the Spark Connect server at {self.where} {redacted_text(what)}; fmin stopped. Every "
+                "finished trial is kept in the trials object; the ones that were running are cancelled."
             )
         if now < self._next_ask_at:
             return False
@@ -139,6 +140,6 @@ class Outages:
             "the Spark Connect server at %s stopped answering at %s: %s. fmin submits no trial and "
             "waits up to %.0f s for it to come back, then gives up (reconnect_timeout); Ctrl-C stops "
             "the search now. %d trial(s) in flight run again if their jobs are lost.",
-            self.where, time.strftime("%H:%M:%S", time.localtime(outage.since_wall)), outage.reason,
-            self.reconnect_timeout, in_flight,
+            self.where, time.strftime("%H:%M:%S", time.localtime(outage.since_wall)),
+            redacted_text(outage.reason), self.reconnect_timeout, in_flight,
         )  # fmt: skip

@@ -23,8 +23,10 @@ its cause for the error that ends the wait.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
+import os
 import re
 import threading
 import weakref
@@ -41,6 +43,7 @@ from connect_trials.session import (
     reopen_session,
     session_alive,
 )
+from connect_trials.tracking.uris import redacted_text
 
 logger = logging.getLogger("connect_trials")
 
@@ -141,7 +144,10 @@ class SessionRecovery:
             self._closed = True
 
     def _try_once(self) -> None:
-        if probe_server(self._spark).kind is not Probe.ANSWERED:  # as the session's calls reach it
+        probed = probe_server(self._spark)  # as the session's calls reach it
+        if probed.kind is Probe.REFUSED:
+            self._last_failure = None  # newer news: it is gone again, whatever it said before
+        if probed.kind is not Probe.ANSWERED:
             return
         self._watch.nudge()  # reattaches asleep in a back-off learn now what the server says
         try:
@@ -159,7 +165,7 @@ class SessionRecovery:
         except Exception as exc:  # noqa: BLE001 - not back yet: the next attempt tries again
             self._failed("opening a new Spark Connect session failed", exc)
             return
-        _close_at_exit(spark)
+        _close_at_exit(spark, release=True)
         try:
             executor = self._make_executor(spark)
         except Exception as exc:  # noqa: BLE001
@@ -191,7 +197,7 @@ class SessionRecovery:
         """An attempt failed: the server is not back yet (DEBUG), or it answers and refuses
         (a token rotated with the restart, an artifact refused): then the cause is said at
         WARNING, once per outage, and kept for the error that ends the wait."""
-        cause = f"{step}: {_one_line_cause(exc)}"
+        cause = redacted_text(f"{step}: {_one_line_cause(exc)}")  # an error may echo a URL
         if is_unavailable(exc):
             logger.debug("could not go on yet: %s", cause)
             return
@@ -235,17 +241,25 @@ def _stop_quietly(spark: Any) -> None:
 # order in which the interpreter tears its modules down; a second one, or a session held in a
 # reference cycle, does not: the process hangs at exit. So the sessions a search opens, and
 # the one it leaves because its server forgot it, have their channels closed before that, at
-# exit (or when they are collected), while gRPC's threads still run.
-def _close_at_exit(spark: Any) -> None:
+# exit, while gRPC's threads still run. The hook is registered after the client's own, so it
+# runs first (atexit runs last-registered first), whatever else the process registered.
+def _close_at_exit(spark: Any, release: bool = False) -> None:
+    """``release``: a session this search opened, released on the server first when the user
+    asked pyspark to do so at exit (``SPARK_CONNECT_RELEASE_SESSION_ON_EXIT``)."""
     client = getattr(spark, "client", None)
     if client is not None and callable(getattr(client, "close", None)):
-        weakref.finalize(spark, _close_client, weakref.ref(client))
+        atexit.register(_close_client, weakref.ref(client), release)
 
 
-def _close_client(client_ref: weakref.ref[Any]) -> None:
+def _close_client(client_ref: weakref.ref[Any], release: bool) -> None:
     client = client_ref()
-    if client is None:
+    if client is None or getattr(client, "is_closed", False):
         return
+    if release and os.getenv("SPARK_CONNECT_RELEASE_SESSION_ON_EXIT", "false").lower() in ("true", "1"):
+        try:
+            client.release_session()  # one plain call: no future, nothing left in flight
+        except Exception:  # noqa: BLE001 - best effort, as pyspark's own release at exit
+            pass
     try:
         client.close()  # sends nothing: it cancels what is in flight and closes the channel
     except Exception:  # noqa: BLE001 - best effort, as pyspark's own close at exit

@@ -251,9 +251,9 @@ def insert_finished(trials: Any, docs: Iterable[dict[str, Any]]) -> None:
     trials._ids = set(range(top + 1))
 
 
-def trial_docs_from_runs(trials: Any, runs: Iterable[Any], client: Any = None) -> list[dict[str, Any]]:
+def trial_docs_from_runs(trials: Any, runs: Iterable[Any], client: Any) -> list[dict[str, Any]]:
     """Trial documents for the child runs of a tracked search that ended DONE or ERROR.
-    ``client``: the ``MlflowClient`` that read them (by default one for the tracking URI), for
+    ``client``: the ``MlflowClient`` that read them, for
     the few runs written before ``RESULT_TAG`` whose loss needs its metric's history."""
     docs = []
     for run in runs:

@@ -6,7 +6,7 @@ hyperopt counts it, the stop rules (``stopping.py``), and what an ending means f
 (``trial_end.py``). The loop hands it no hyperopt object and takes none from it: a trial goes
 out as its id and its pickled argument, and comes back as one ``Ending``.
 
-``_trial_ended`` is the one way out of a trial on this side, whatever ended it: it records the
+``trial_ended`` is the one way out of a trial on this side, whatever ended it: it records the
 outcome, relays the objective's MLflow logging, updates the progress, tells the tracker once,
 saves, and applies the stop rules.
 """
@@ -103,6 +103,9 @@ class TrialScheduler:
             trials, [t for t in trials._dynamic_trials if t["state"] == base.JOB_STATE_DONE],
             limits.loss_threshold, limits.early_stop_fn,
         )  # fmt: skip
+        if self._stop_rules.threshold_reached:
+            # FMinIter queues its first suggestions before it looks at the losses: one batch.
+            self._n_to_run = min(self._n_to_run, max(limits.max_queue_len, 1))
 
     def run(self) -> None:
         try:

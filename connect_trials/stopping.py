@@ -47,6 +47,7 @@ class FinishedTrials(base.Trials):
     def __init__(self, search: Any, finished: list[dict[str, Any]]) -> None:
         super().__init__()
         self._search = search
+        self.attachments = search.attachments  # base.Trials made its own: the search's are these
         self._dynamic_trials = list(finished)
         self.refresh()
 
@@ -55,6 +56,13 @@ class FinishedTrials(base.Trials):
         self._dynamic_trials.append(trial)
         self._trials.append(trial)  # a DONE trial is one of refresh()'s valid states
         self._ids.add(trial["tid"])
+
+    @property
+    def asynchronous(self) -> bool:  # type: ignore[override]
+        return bool(self._search.asynchronous)
+
+    def trial_attachments(self, trial: Any) -> Any:
+        return self._search.trial_attachments(trial)
 
     def __getattr__(self, name: str) -> Any:
         # Only names that base.Trials does not define: count_successful_trials(),
@@ -78,11 +86,17 @@ class StopRules:
                  early_stop_fn: Callable[..., Any] | None) -> None:  # fmt: skip
         self._loss_threshold = loss_threshold
         self._early_stop_fn = early_stop_fn
-        self._early_stop_args: list[Any] = []
+        self._early_stop_args: Any = []  # what it returned last, as hyperopt keeps it
         self._threshold_reached = False
         self.best_loss = min((ok_loss(t) for t in finished), default=math.inf)
         self._lowest_loss = min((_any_loss(t) for t in finished), default=math.inf)
         self._view = FinishedTrials(search, [t for t in finished if _succeeded(t)])
+
+    @property
+    def threshold_reached(self) -> bool:
+        """Whether the trials held are below ``loss_threshold`` already (a resumed search)."""
+        threshold = self._loss_threshold
+        return threshold is not None and self._lowest_loss < threshold
 
     def trial_done(self, trial: dict[str, Any]) -> None:
         self.best_loss = min(self.best_loss, ok_loss(trial))
@@ -100,8 +114,7 @@ class StopRules:
                 "in flight finish.", self._lowest_loss, threshold,
             )  # fmt: skip
         if self._early_stop_fn is not None and _succeeded(trial):
-            stop, args = self._early_stop_fn(self._view, *self._early_stop_args)
-            self._early_stop_args = list(args)
+            stop, self._early_stop_args = self._early_stop_fn(self._view, *self._early_stop_args)
             if stop:
                 return Stop.EARLY_STOP_FN
         return Stop.LOSS_THRESHOLD if self._threshold_reached else None

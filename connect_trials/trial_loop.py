@@ -139,7 +139,7 @@ class TrialLoop:
         self.parallelism = parallelism
         self.deadline = deadline  # time.monotonic() at which the search's timeout ends
         self.cancellation = cancellation
-        self.cancellation.interrupt_jobs = executor.cancel_all
+        self.cancellation.bind(executor.cancel_all)
         self.outages = outages  # Connect sessions only (None: an outage fails the search)
         self._completions: queue.Queue[job.TrialOutcome | ServerEvent] = queue.Queue()
         self._running: dict[int, TrialToRun] = {}  # submitted, not yet ended
@@ -286,16 +286,18 @@ class TrialLoop:
                 outcome.error_text or "the Spark workers cannot run this client's objectives"
             )
 
-    def _end(self, tid: int, ending: Ending) -> None:
-        """The one way out of a trial, whatever ended it. A trial ends once."""
+    def _end(self, tid: int, ending: Ending) -> bool:
+        """The one way out of a trial the loop holds, whatever ended it. A trial ends once:
+        False when the loop does not hold it (it ended already, or was never handed over)."""
         if self._running.pop(tid, None) is None:
             requeued = [t for t in self._requeued if t.tid != tid]
             if len(requeued) == len(self._requeued):
-                return  # it has ended already
+                return False
             self._requeued = requeued
         if ending.outcome is not None:
             self._show_worker_warnings(ending.outcome)
         self.front.trial_ended(tid, ending, in_flight=len(self._running))
+        return True
 
     def _show_worker_warnings(self, outcome: job.TrialOutcome) -> None:
         """Log what the objective warned about on its worker (MLflow's own warnings among
@@ -313,8 +315,7 @@ class TrialLoop:
 
     def _outage_over(self) -> bool:
         assert self.outages is not None
-        lost_again = sum(1 for t in self._requeued if t.tid in self._jobs_lost)
-        return self.outages.over(lost_again=lost_again, in_flight=len(self._running))
+        return self.outages.over(lost_again=len(self._requeued), in_flight=len(self._running))
 
     def _hear(self, event: ServerEvent) -> None:
         if event.news is ServerNews.GONE:
@@ -354,8 +355,24 @@ class TrialLoop:
     def _settle(self) -> None:
         """End every trial still open: wait (bounded) for interrupted jobs to report, so that
         their errors and relayed logging are recorded; a result that reached the client
-        before the cancellation counts."""
+        before the cancellation counts. Whatever interrupts this (a second Ctrl-C, a front
+        end that raises), every trial still ends, and the first such error is raised after."""
         self.settling = True
+        interrupted: BaseException | None = None
+        try:
+            self._collect_late_outcomes()
+        except BaseException as exc:  # noqa: BLE001 - raised once every trial has ended
+            interrupted = exc
+        for tid in [*self._running, *(t.tid for t in self._requeued), *self.front.withdraw()]:
+            try:
+                if not self._end(tid, Ending(cancelled=True)):  # the front end's own, never handed over
+                    self.front.trial_ended(tid, Ending(cancelled=True), in_flight=len(self._running))
+            except BaseException as exc:  # noqa: BLE001 - the next trial still ends
+                interrupted = interrupted or exc
+        if interrupted is not None:
+            raise interrupted
+
+    def _collect_late_outcomes(self) -> None:
         deadline = self.cancellation.settle_deadline()
         while self._running:
             left = _remaining(deadline)
@@ -364,18 +381,10 @@ class TrialLoop:
                 # reached the client already is still read: no result it holds is dropped.
                 outcome = self._completions.get(timeout=left) if left else self._completions.get_nowait()
             except queue.Empty:
-                break
+                return
             if isinstance(outcome, ServerEvent) or outcome.tid not in self._running:
                 continue
             self._end(outcome.tid, Ending(outcome, cancelled=not self.cancellation.counts(outcome)))
-        for tid in [*self._running, *(t.tid for t in self._requeued), *self.front.withdraw()]:
-            self._end_cancelled(tid)
-
-    def _end_cancelled(self, tid: int) -> None:
-        if tid in self._running or any(t.tid == tid for t in self._requeued):
-            self._end(tid, Ending(cancelled=True))
-        else:  # the front end's own, never handed over
-            self.front.trial_ended(tid, Ending(cancelled=True), in_flight=len(self._running))
 
 
 def _remaining(deadline: float | None) -> float | None:

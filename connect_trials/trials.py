@@ -279,8 +279,9 @@ class ConnectTrials(Trials):
         self._fmin_cancelled_reason = None
         if trials_save_file:
             self._resume_from_file(trials_save_file)
-        self._seed(arguments.points_given_to_hyperopt_fmin(sys._getframe(1)))
+        points = arguments.points_given_to_hyperopt_fmin(sys._getframe(1))
         objective_blob = job.pickle_objective(fn)
+        self._seed(points)  # after the objective's checks: a refused fmin leaves no seed behind
         domain = base.Domain(fn, space, pass_expr_memo_ctrl=None)
         self._last_fmin = _LastFmin(objective_blob, domain)
         spark = self._session()

@@ -6,8 +6,11 @@ connects to ``SIGNAL_PORT`` on loopback as it starts, so that whoever restarts t
 when trials are in flight. fmin reconnects to the restarted server and runs all its trials;
 the script prints one JSON line of what it saw, then, with ``--stop-dead-session``, stops the
 session it was given (dead with the old driver), as a tidy script ends its work, and prints
-how long that took. It then exits as any script does, leaving the rest to the interpreter
-(pyspark's exit hooks, the sessions' finalizers): it must not hang there.
+how long that took. With ``--finalizer-first`` it holds a ``tempfile.TemporaryDirectory``
+made before its session, as many scripts do: the process's finalizers then run after
+pyspark's own exit hooks, the order that hung before. It then exits as any script does,
+leaving the rest to the interpreter (pyspark's exit hooks, the sessions' finalizers): it must
+not hang there.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 
 from hyperopt import fmin, hp, rand
@@ -23,7 +27,8 @@ from pyspark.sql import SparkSession
 from connect_trials import ConnectTrials
 
 
-def main(url: str, signal_port: int, stop_dead_session: bool) -> None:
+def main(url: str, signal_port: int, stop_dead_session: bool, finalizer_first: bool) -> None:
+    scratch = tempfile.TemporaryDirectory() if finalizer_first else None  # noqa: SIM115 - held to exit
     spark = SparkSession.builder.remote(url).create()
 
     def objective(x: float) -> float:
@@ -46,8 +51,11 @@ def main(url: str, signal_port: int, stop_dead_session: bool) -> None:
         started = time.monotonic()
         spark.stop()
         print(json.dumps({"stopped_in_s": round(time.monotonic() - started, 2)}), flush=True)
+    if scratch is not None:
+        print(json.dumps({"scratch_kept_to_exit": os.path.isdir(scratch.name)}), flush=True)
 
 
 if __name__ == "__main__":
     # The URL holds the token: not on argv.
-    main(os.environ["SPARK_REMOTE"], int(sys.argv[1]), stop_dead_session="--stop-dead-session" in sys.argv)
+    main(os.environ["SPARK_REMOTE"], int(sys.argv[1]), stop_dead_session="--stop-dead-session" in sys.argv,
+         finalizer_first="--finalizer-first" in sys.argv)  # fmt: skip

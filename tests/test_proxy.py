@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -86,6 +88,7 @@ class Tinyproxy:
             start_new_session=True,  # a Ctrl-C of the test run is the test's to handle
         )
         self._ready = threading.Event()
+        self._logged = threading.Condition()  # notified at each line the log thread writes
         threading.Thread(target=self._keep_log, name="tinyproxy-log", daemon=True).start()
         if not self._ready.wait(30):
             self.stop()
@@ -101,13 +104,22 @@ class Tinyproxy:
             for line in self._proc.stdout:
                 log.write(line)
                 log.flush()
+                with self._logged:
+                    self._logged.notify_all()
                 if _READY.encode() in line:
                     self._ready.set()
 
-    def tunnels_to(self, port: int) -> int:
-        """How many tunnels to ``port`` the proxy was asked for so far."""
-        text = self.log_path.read_text(errors="replace")
-        return sum(1 for line in text.splitlines() if "CONNECT" in line and f":{port} HTTP/" in line)
+    def tunnels_to(self, port: int, at_least: int = 0, within: float = 10.0) -> int:
+        """How many tunnels to ``port`` the proxy was asked for, once its log shows at least
+        ``at_least`` (its log reaches the file through a thread: wait for it, ``within`` s)."""
+
+        def count() -> int:
+            text = self.log_path.read_text(errors="replace")
+            return sum(1 for line in text.splitlines() if "CONNECT" in line and f":{port} HTTP/" in line)
+
+        with self._logged:
+            self._logged.wait_for(lambda: count() >= at_least, timeout=within)
+        return count()
 
     def stop(self) -> None:
         self._proc.terminate()
@@ -140,11 +152,24 @@ def direct_connections_rejected(port: int) -> Iterator[None]:
         "-m", "comment", "--comment", f"connect-trials tests/test_proxy.py pid {os.getpid()}",
         "-j", "REJECT", "--reject-with", "tcp-reset",
     ]  # fmt: skip
+    _remove_rules_of_dead_runs()
     subprocess.run([IPTABLES, "-w", "-I", *rule], check=True, capture_output=True)
     try:
         yield
     finally:
         subprocess.run([IPTABLES, "-w", "-D", *rule], check=True, capture_output=True)
+
+
+def _remove_rules_of_dead_runs() -> None:
+    """Rules that an earlier run of this file left behind when it was killed (its ``finally``
+    never ran): the comment names the pid that added each."""
+    assert IPTABLES is not None
+    listed = subprocess.run([IPTABLES, "-w", "-S", "OUTPUT"], check=True, capture_output=True, text=True)
+    for line in listed.stdout.splitlines():
+        found = re.search(r"connect-trials tests/test_proxy\.py pid (\d+)", line)
+        if found and not Path(f"/proc/{found.group(1)}").exists():
+            spec = shlex.split(line)[1:]  # without "-A"
+            subprocess.run([IPTABLES, "-w", "-D", *spec], check=True, capture_output=True)
 
 
 def _use_proxy(monkeypatch: pytest.MonkeyPatch, proxy: Tinyproxy) -> None:
@@ -187,7 +212,7 @@ def test_a_session_through_the_proxy_works_while_direct_connections_are_refused(
     connect_server, proxy_only, proxied_spark
 ):
     assert proxied_spark.range(5).count() == 5
-    assert proxy_only.tunnels_to(connect_server.port) >= 1  # it went through the proxy
+    assert proxy_only.tunnels_to(connect_server.port, at_least=1) >= 1  # it went through the proxy
 
 
 def test_the_watchdog_hears_a_server_behind_a_proxy_answer_and_never_reports_a_refusal(
@@ -210,11 +235,15 @@ def test_the_watchdog_hears_a_server_behind_a_proxy_answer_and_never_reports_a_r
         gone.append(reason)
         enough.set()
 
-    with ServerWatchdog(counted, on_gone, gone_after=0.2, probe_every=0.02, on_refused=refused.append):
-        assert enough.wait(60)
+    try:
+        with ServerWatchdog(counted, on_gone, gone_after=0.2, probe_every=0.02, on_refused=refused.append):
+            assert enough.wait(60)
+    finally:
+        probe.close()
     assert {answer.kind for answer in answers} == {Probe.ANSWERED}, answers[-1]
     assert refused == [] and gone == []
-    assert proxy_only.tunnels_to(connect_server.port) > tunnels_before  # the probe's own channel
+    # The probe's own channel went through the proxy too.
+    assert proxy_only.tunnels_to(connect_server.port, at_least=tunnels_before + 1) > tunnels_before
     assert probe_server(proxied_spark).kind is Probe.ANSWERED
 
 
@@ -261,7 +290,8 @@ def test_behind_a_proxy_a_server_that_is_gone_is_declared_gone(tmp_path, monkeyp
         try:
             with watched(spark, on_gone, gone_after=0.3, probe_every=0.05, on_refused=lambda detail: None):
                 assert declared.wait(30)
-            assert proxy.tunnels_to(dead_port) >= 1
+            assert proxy.tunnels_to(dead_port, at_least=1) >= 1
         finally:
-            spark.client.close()
+            spark.client.close()  # first: no release call to a dead server
+            spark.stop()  # then no longer this process's default or active session
     assert len(reasons) == 1 and "the HTTP proxy could not connect to it" in reasons[0], reasons

@@ -49,7 +49,7 @@ def test_child_runs_become_done_and_error_trials_and_cancelled_ones_are_left_out
         SimpleNamespace(info=SimpleNamespace(run_id="other"), data=SimpleNamespace(tags={}, metrics={})),
     ]
     trials = Trials()
-    resume.insert_finished(trials, resume.trial_docs_from_runs(trials, runs))
+    resume.insert_finished(trials, resume.trial_docs_from_runs(trials, runs, client=None))
     assert [(t["tid"], t["state"]) for t in trials._dynamic_trials] == [
         (0, base.JOB_STATE_DONE), (1, base.JOB_STATE_ERROR), (3, base.JOB_STATE_DONE)]  # fmt: skip
     assert trials.best_trial["tid"] == 0 and trials.best_trial["misc"]["vals"] == {"x": [-0.1]}
@@ -61,7 +61,7 @@ def test_tpe_continues_from_rebuilt_trials():
     runs = [child_run(i, {"x": [float(x)]}, "success", float(x) ** 2)
             for i, x in enumerate(np.linspace(-1, 1, 21))]  # fmt: skip
     trials = Trials()
-    resume.insert_finished(trials, resume.trial_docs_from_runs(trials, runs))
+    resume.insert_finished(trials, resume.trial_docs_from_runs(trials, runs, client=None))
     fmin(lambda x: x**2, hp.uniform("x", -1, 1), tpe.suggest, 26, trials=trials,
          show_progressbar=False, rstate=np.random.default_rng(1))  # fmt: skip
     assert len(trials.trials) == 26

@@ -568,27 +568,32 @@ def test_jobs_lost_with_a_surviving_session_run_again_until_max_jobs_lost_then_s
 
 
 class QueueWatch(queue.Queue):
-    """The scheduler's queue of outcomes, telling when a trial's outcome is in it."""
+    """The loop's queue of outcomes; its first read waits until ``first_read_after`` has
+    been put in (so that the loop reads what was queued before it, in order)."""
 
-    def __init__(self):
+    def __init__(self, first_read_after: int):
         super().__init__()
-        self.queued: dict[int, threading.Event] = {i: threading.Event() for i in range(10)}
+        self.queued = threading.Event()
+        self.first_read_after = first_read_after
 
     def put(self, item, block=True, timeout=None):
         super().put(item, block, timeout)
-        if isinstance(item, job.TrialOutcome):
-            self.queued[item.tid].set()
+        if isinstance(item, job.TrialOutcome) and item.tid == self.first_read_after:
+            self.queued.set()
+
+    def get(self, block=True, timeout=None):
+        assert self.queued.wait(10)
+        return super().get(block, timeout)
 
 
 def test_a_result_received_before_the_server_is_declared_gone_is_kept():
     executor = GatedExecutor()
+    executor.release(1)
     trials, scheduler = make_scheduler(executor, max_evals=2, parallelism=2)
-    scheduler.loop._completions = completions = QueueWatch()
+    scheduler.loop._completions = QueueWatch(first_read_after=1)
     assert scheduler._pending == []
     scheduler.server_gone("the server refused connections for 120 s")  # first in the queue
-    loop, errors = run_in_thread(scheduler)
-    executor.release(1)
-    assert completions.queued[1].wait(5)  # trial 1's result reached the client, behind the news
+    loop, errors = run_in_thread(scheduler)  # reads the news with trial 1's result behind it
     loop.join(10)
     assert not loop.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], ClusterUnavailableError)
@@ -614,3 +619,50 @@ def test_loss_threshold_counts_a_failed_status_that_carries_a_loss_as_hyperopt_d
     trials, scheduler = make_scheduler(FailingWithALoss(), max_evals=5, parallelism=1, loss_threshold=0.0)
     scheduler.run()
     assert len(trials._dynamic_trials) == len(reference._dynamic_trials) == 1
+
+
+def test_every_trial_still_ends_when_the_settling_is_interrupted_and_the_first_error_is_raised():
+    class FailingTracker(RecordingTracker):
+        def trial_finished(self, trial, best_loss):
+            super().trial_finished(trial, best_loss)
+            if len(self.finished) == 1:
+                raise RuntimeError("the user's progress callback raised")
+
+    executor = GatedExecutor()  # its jobs answer (cancelled) only once the search cancels them
+    trials, scheduler = make_scheduler(executor, max_evals=3, parallelism=3, timeout=0.3)
+    scheduler.tracker = tracker = FailingTracker()
+    with pytest.raises(RuntimeError, match="progress callback"):
+        scheduler.run()
+    assert sorted(tracker.finished) == [0, 1, 2]
+    assert [t["state"] for t in trials._dynamic_trials] == [base.JOB_STATE_CANCEL] * 3
+
+
+def test_early_stop_fn_may_return_none_for_its_args_as_hyperopt_allows():
+    from hyperopt import Trials, fmin
+
+    reference = Trials()
+    fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, max_evals=5, trials=reference,
+         early_stop_fn=lambda trials, *args: (True, None), show_progressbar=False)  # fmt: skip
+    trials, scheduler = make_scheduler(ReturningExecutor(), max_evals=5, parallelism=1,
+                                       early_stop_fn=lambda trials, *args: (True, None))  # fmt: skip
+    scheduler.run()
+    assert len(trials._dynamic_trials) == len(reference._dynamic_trials) == 1
+    assert trials._fmin_cancelled_reason == "early stopping condition"
+
+
+def test_a_search_resumed_below_its_loss_threshold_runs_one_batch_as_hyperopt_does():
+    from hyperopt import Trials, fmin
+
+    def search(trials, max_evals, **kwargs):
+        fmin(lambda x: x, hp.uniform("x", 0, 1), rand.suggest, max_evals=max_evals, trials=trials,
+             rstate=np.random.default_rng(0), show_progressbar=False, **kwargs)  # fmt: skip
+
+    reference = Trials()
+    search(reference, 3)
+    search(reference, 10, loss_threshold=2.0)  # every loss is below it already
+    trials, first = make_scheduler(ReturningExecutor(), max_evals=3, parallelism=4)
+    first.run()
+    _, again = make_scheduler(ReturningExecutor(), max_evals=10, parallelism=4, trials=trials,
+                              loss_threshold=2.0)  # fmt: skip
+    again.run()
+    assert len(trials._dynamic_trials) == len(reference._dynamic_trials) == 4

@@ -84,7 +84,7 @@ def end_orphaned_runs(client: Any, runs: list[Any]) -> list[Any]:
     return current
 
 
-def tracker_loss(run: Any, client: Any = None) -> float | None:
+def tracker_loss(run: Any, client: Any) -> float | None:
     """The ``loss`` our tracker logged on a child run written before ``RESULT_TAG`` existed: once,
     at step 0, at the run's end. The run's latest ``loss`` (``run.data.metrics``) is the
     objective's own when it logged ``loss`` at later steps (Keras autolog, per epoch): only then
@@ -96,9 +96,5 @@ def tracker_loss(run: Any, client: Any = None) -> float | None:
     if latest is None or latest.step == 0:
         value = run.data.metrics.get("loss")
         return None if value is None else float(value)
-    if client is None:
-        from mlflow import MlflowClient
-
-        client = MlflowClient()
     at_zero = [m for m in client.get_metric_history(run.info.run_id, "loss") if m.step == 0]
     return float(max(at_zero, key=lambda m: m.timestamp).value) if at_zero else None
