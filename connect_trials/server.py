@@ -148,24 +148,30 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     # A zombie still answers kill(0); it has exited all the same.
+    fields = _stat_fields(pid)
+    return fields is None or fields[0] != "Z"
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from its third field on (state, ppid, pgrp, ...); None where /proc
+    cannot tell (not Linux, or gone). The command name (field 2) may hold spaces and
+    parentheses: the fields follow its last ")"."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
+        return (_PROC / str(pid) / "stat").read_text().rpartition(")")[2].split()
     except OSError:
-        return True
+        return None
 
 
 def _process_identity(pid: int) -> str | None:
     """Which process ``pid`` is: this boot's id and the process's start time (clock ticks
     since boot, /proc/<pid>/stat field 22). A pid is reused once its process is gone, and
     after a reboot; this pair is not. None where /proc cannot tell (not Linux, or gone)."""
+    fields = _stat_fields(pid)
     try:
         boot = (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
-        # The command name (field 2) may hold spaces and parentheses: fields follow its last ")".
-        fields = (_PROC / str(pid) / "stat").read_text().rpartition(")")[2].split()
     except OSError:
         return None
-    return f"{boot}:{fields[19]}"
+    return None if fields is None else f"{boot}:{fields[19]}"
 
 
 def _is_ours(pid: int, identity: str | None) -> bool:
@@ -341,6 +347,7 @@ class LocalConnectServer(_OwnedServer):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         if not (keep_token and self.token):
             self.token = new_token(self.state_dir)
+        self._proc = None  # an earlier start's process has ended (the check above)
         try:
             with open(self.log_path, "ab") as log:
                 self._proc = subprocess.Popen(
@@ -359,8 +366,10 @@ class LocalConnectServer(_OwnedServer):
             ))  # fmt: skip
             self._wait_until_ready(self._proc, time.monotonic() + timeout, timeout)
         except BaseException:
-            # Ctrl-C during the 10-30 s start included: nothing started here outlives the error.
-            self.stop()
+            # Ctrl-C during the 10-30 s start included: nothing started here outlives the error,
+            # and nothing else is touched (before Popen, nothing was started).
+            if self._proc is not None:
+                self.stop()
             raise
         return self
 
@@ -383,8 +392,10 @@ class LocalConnectServer(_OwnedServer):
         """Stop the server started from this state folder, if it runs: the one this object
         spawned, or else the one its state folder records, if that pid is still ours."""
         if self._proc is not None:
-            # Not reaped yet, so its pid cannot have been reused.
-            _terminate_group(self._proc.pid)
+            # Spawned here, in a group of its own: the group is ours while its leader is not
+            # reaped, and while any member lives (a pgid is not reused before that).
+            if self._proc.poll() is None or _group_alive(self._proc.pid):
+                _terminate_group(self._proc.pid)
             self._proc.wait()
             self._proc = None
         else:
@@ -425,15 +436,9 @@ def _group_alive(pgid: int) -> bool:
 
 def _group_members(pgid: int) -> list[int]:
     members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().split(") ", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
+    for entry in os.listdir(_PROC):
+        fields = _stat_fields(int(entry)) if entry.isdigit() else None
+        if fields is not None and int(fields[2]) == pgid:
             members.append(int(entry))
     return members
 
@@ -491,6 +496,9 @@ class LocalMlflowServer(_OwnedServer):
         # The job runner (huey consumers) doubles the start-up time and is not needed here.
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)
+        if self._proc is not None and self._proc.poll() is None:
+            raise ServerError(f"this mlflow server runs already at {self.url}; stop() it first")
+        self._proc = None
         try:
             with open(self.log_path, "ab") as log:
                 self._proc = subprocess.Popen(
@@ -509,7 +517,7 @@ class LocalMlflowServer(_OwnedServer):
                 time.sleep(0.2)  # a process coming up: nothing to be notified by
         except BaseException:
             # Ctrl-C included: the server (and its workers, in its group) goes with the error.
-            self.stop()
+            self.stop()  # only what this call spawned: _proc was cleared before it
             raise
         return self
 
@@ -525,7 +533,8 @@ class LocalMlflowServer(_OwnedServer):
     def stop(self) -> None:
         if self._proc is None:
             return
-        _terminate_group(self._proc.pid)
+        if self._proc.poll() is None or _group_alive(self._proc.pid):  # see LocalConnectServer.stop
+            _terminate_group(self._proc.pid)
         self._proc.wait()
         self._proc = None
 
