@@ -20,12 +20,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 @pytest.fixture(scope="session")
 def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalConnectServer]:
-    server = LocalConnectServer(master="local[2]", state_dir=tmp_path_factory.mktemp("connect-server"))
-    server.start()
-    try:
+    with LocalConnectServer(master="local[2]", state_dir=tmp_path_factory.mktemp("connect-server")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

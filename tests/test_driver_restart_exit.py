@@ -44,12 +44,8 @@ _EXIT_WITHIN_S = 20.0
 
 @pytest.fixture(scope="module")
 def restarting_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalConnectServer]:
-    server = LocalConnectServer(master="local[2]", state_dir=tmp_path_factory.mktemp("restarting"))
-    server.start()
-    try:
+    with LocalConnectServer(master="local[2]", state_dir=tmp_path_factory.mktemp("restarting")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def restart_after_the_third_run(

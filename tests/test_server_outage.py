@@ -20,12 +20,8 @@ from tests.test_driver_restart_exit import restart_after_the_third_run
 
 @pytest.fixture(scope="module")
 def own_server(tmp_path_factory):
-    server = LocalConnectServer(master="local[2]", state_dir=tmp_path_factory.mktemp("outage-server"))
-    server.start()
-    try:
+    with LocalConnectServer(master="local[2]", state_dir=tmp_path_factory.mktemp("outage-server")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
